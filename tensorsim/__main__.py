@@ -1,0 +1,33 @@
+"""`python -m tensorsim [overrides]`: run a trial (see conf/ and the README)."""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from .errors import UserError
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from .run import simulate
+
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        summary = simulate(cfg, run_dir)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    finals = summary.get("replicas") or summary.get("cells")
+    print(f"[tensorsim] done in {summary['wall_time_s']:.1f}s -> {run_dir}")
+    for r in summary.get("replicas", []):
+        print(f"  replica {r['replica']}: {r['final_n_silos']} silo(s), pattern {r['pattern']}")
+    for c in summary.get("cells", []):
+        print(f"  k={c['k']} p={c['p']:g}: mean final silos {c['mean_final_n_silos']:.2f}")
+    del finals
+
+
+if __name__ == "__main__":
+    main()

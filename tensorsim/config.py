@@ -1,0 +1,81 @@
+"""Validation of the composed config before anything runs: one-line errors naming key, value and what
+is allowed. (Hydra has already checked the override syntax and the config groups.)"""
+from __future__ import annotations
+
+import string
+
+from .errors import UserError
+from .graph import BACKENDS
+from .populations import as_list
+
+AGENT_KINDS = ("llm", "gmm")
+LABELERS = ("name", "centroid")
+RETRIEVAL_KEYS = ("question", "entry")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def need(cond: bool, key: str, value, allowed: str) -> None:
+    if not cond:
+        raise UserError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def validate(cfg) -> None:
+    t = cfg.trial
+    need(_is_int(t.n) and t.n >= 2, "trial.n", t.n, "an integer >= 2")
+    need(_is_int(t.steps) and t.steps >= 1, "trial.steps", t.steps, "an integer >= 1")
+    need(_is_int(t.replicas) and t.replicas >= 1, "trial.replicas", t.replicas, "an integer >= 1")
+    ks, ps = as_list(t.k), as_list(t.p)
+    need(len(ks) >= 1, "trial.k", ks, "a number or a non-empty list")
+    need(len(ps) >= 1, "trial.p", ps, "a number or a non-empty list")
+    for k in ks:
+        need(_is_int(k) and 1 <= k < t.n, "trial.k", k, f"an integer with 1 <= k < trial.n={t.n}")
+    for p in ps:
+        need(_is_num(p) and 0.0 <= p <= 1.0, "trial.p", p, "a probability in [0, 1]")
+    need(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    need(cfg.agents.kind in AGENT_KINDS, "agents.kind", cfg.agents.kind, f"one of {', '.join(AGENT_KINDS)}")
+    need(cfg.graph.backend in BACKENDS, "graph.backend", cfg.graph.backend, f"one of {', '.join(BACKENDS)}")
+
+    w = cfg.pattern
+    need(_is_int(w.window) and 1 <= w.window <= t.steps, "pattern.window", w.window,
+         f"an integer with 1 <= window <= trial.steps={t.steps}")
+    need(_is_num(w.stable_min_stability) and 0 <= w.stable_min_stability <= 1, "pattern.stable_min_stability",
+         w.stable_min_stability, "a number in [0, 1]")
+    need(_is_int(w.decay_min_silo_drop) and w.decay_min_silo_drop >= 1, "pattern.decay_min_silo_drop",
+         w.decay_min_silo_drop, "an integer >= 1")
+    need(_is_num(w.decay_min_entropy_drop) and w.decay_min_entropy_drop > 0, "pattern.decay_min_entropy_drop",
+         w.decay_min_entropy_drop, "a number > 0 (nats)")
+    need(cfg.labeler in LABELERS, "labeler", cfg.labeler, f"one of {', '.join(LABELERS)}")
+
+    if cfg.agents.kind == "llm":
+        validate_llm(cfg)
+
+
+def validate_llm(cfg) -> None:
+    tpl = cfg.prompt.template
+    need(isinstance(tpl, str), "prompt.template", tpl, "a string holding {context}")
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(tpl) if f is not None}
+    except ValueError as e:
+        raise UserError(f"prompt.template is not a valid format string ({e}); write literal braces as {{{{ }}}}") from None
+    need("context" in fields, "prompt.template", tpl, "a template holding the field {context}")
+    need(fields <= {"context"}, "prompt.template", tpl, "only the field {context} (write other braces as {{ }})")
+    need(isinstance(cfg.prompt.query, str) and cfg.prompt.query.strip(), "prompt.query", cfg.prompt.query,
+         "a non-empty string")
+    g = cfg.generation
+    need(_is_num(g.temperature) and g.temperature >= 0, "generation.temperature", g.temperature,
+         "a number >= 0 (0 = greedy)")
+    need(_is_num(g.top_p) and 0 < g.top_p <= 1, "generation.top_p", g.top_p, "a number in (0, 1]")
+    need(_is_int(g.max_new_tokens) and g.max_new_tokens >= 1, "generation.max_new_tokens", g.max_new_tokens,
+         "an integer >= 1")
+    need(_is_int(g.max_retries) and g.max_retries >= 0, "generation.max_retries", g.max_retries, "an integer >= 0")
+    need(_is_int(g.max_rows) and g.max_rows >= 1, "generation.max_rows", g.max_rows, "an integer >= 1")
+    r = cfg.retrieval
+    need(_is_int(r.top_r) and r.top_r >= 1, "retrieval.top_r", r.top_r, "an integer >= 1")
+    need(r.key in RETRIEVAL_KEYS, "retrieval.key", r.key, f"one of {', '.join(RETRIEVAL_KEYS)}")

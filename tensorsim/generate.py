@@ -1,0 +1,182 @@
+"""Batched generation for all agents at once: a small decode loop in the style of gpt-fast.
+
+prefill -> decode_one_token -> sample, composed in `generate`, with three savings over a plain
+`model.generate` call, each switchable:
+  share_prefix   the token prefix common to every prompt (system turn + instructions) is prefilled
+                 once and its KV cache expanded to all rows;
+  dedup_prompts  identical prompts (common once contexts converge) are prefilled once and their KV
+                 cache expanded to every row that asked;
+  early_exit     rows that hit EOS or end their sentence leave the batch instead of riding along.
+Logits are computed only at positions that are sampled (logits_to_keep=1).
+
+Sampling uses inverse-CDF draws from counter-based uniforms (tensorsim.rng): row r's token j is a
+pure function of row_keys[r] and j, so a row's text does not depend on the rest of the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import rng
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 0.75
+    top_p: float = 1.0
+    max_new_tokens: int = 500
+    stop_at_sentence_end: bool = True
+    share_prefix: bool = True
+    dedup_prompts: bool = True
+    early_exit: bool = True
+    max_rows: int = 256  # rows per forward pass (micro-batch)
+
+
+def sample(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Draw one token per row by inverse CDF. logits: [N, V], u: [N] in [0,1) -> [N]."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # [N, V]
+    if top_p < 1.0:
+        probs, order = torch.sort(probs, dim=-1, descending=True)
+        # nucleus: keep the smallest head whose mass reaches top_p (the top token always stays)
+        probs = probs * ((probs.cumsum(-1) - probs) < top_p)
+    cdf = probs.cumsum(-1)  # [N, V]
+    target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    j = torch.searchsorted(cdf, target, right=True).clamp_max(cdf.shape[-1] - 1)  # [N, 1]
+    return (order.gather(-1, j) if top_p < 1.0 else j).squeeze(-1)
+
+
+def prefill(model, input_ids, attention_mask, cache):
+    """input_ids, attention_mask: [N, S] (mask covers the cached prefix too) -> last logits [N, V]."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)[:, -input_ids.shape[1]:]
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                cache=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1]
+
+
+def decode_one_token(model, token, attention_mask, position, cache):
+    """token, position: [N, 1]; attention_mask: [N, L+1] -> logits [N, V]."""
+    out = model(input_ids=token, attention_mask=attention_mask, position_ids=position,
+                cache=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1]
+
+
+def common_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the longest shared token prefix, leaving every sequence at least one token of its own."""
+    shortest = min(len(s) for s in seqs)
+    first = seqs[0]
+    L = 0
+    while L < shortest - 1 and all(s[L] == first[L] for s in seqs):
+        L += 1
+    return L
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ids [N, S], mask [N, S] with padding on the left."""
+    S = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), S), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), S), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        if s:
+            ids[r, S - len(s):] = torch.tensor(s)
+            mask[r, S - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@dataclass
+class GenerationStats:
+    new_tokens: int = 0
+    prefill_tokens: int = 0
+    forward_rows: int = 0
+
+
+class Generator:
+    """Holds the model, its tokenizer and the sampling settings; generates token ids for prompt ids."""
+
+    def __init__(self, model, tokenizer, cfg: SamplingConfig):
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.device = next(model.parameters()).device
+        eos = model.generation_config.eos_token_id if model.generation_config else None
+        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        eos = set(eos) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+        V = model.get_output_embeddings().weight.shape[0]
+        self.stop_ids = torch.zeros(V, dtype=torch.bool)
+        self.stop_ids[list(eos)] = True
+        self.eos_ids = self.stop_ids.clone()
+        if cfg.stop_at_sentence_end:
+            # tokens that end a sentence ("." "!" "?" possibly followed by quotes or spaces); a
+            # sentence ended mid-abbreviation ("St.") is the price of not decoding every row every step
+            vocab = tokenizer.convert_ids_to_tokens(list(range(min(V, len(tokenizer)))))
+            for i, tok in enumerate(vocab):
+                text = tokenizer.convert_tokens_to_string([tok]).strip().rstrip("\"')”’")
+                if text and text[-1] in ".!?" and not any(ch.isdigit() for ch in text):
+                    self.stop_ids[i] = True
+        self.stop_ids = self.stop_ids.to(self.device)
+        self.eos_ids = self.eos_ids.to(self.device)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.stats = GenerationStats()
+
+    @torch.inference_mode()
+    def __call__(self, prompts: list[list[int]], row_keys: torch.Tensor) -> list[list[int]]:
+        """prompts: N token-id lists; row_keys: [N] int64 (one random key per row) -> N lists of new ids
+        (EOS removed)."""
+        out: list[list[int]] = []
+        step = self.cfg.max_rows
+        for i in range(0, len(prompts), step):
+            out += self._generate_chunk(prompts[i:i + step], row_keys[i:i + step])
+        return out
+
+    def _generate_chunk(self, prompts, row_keys):
+        from transformers import DynamicCache
+
+        cfg, dev = self.cfg, self.device
+        N = len(prompts)
+        # rows asking the same prompt share one prefill
+        if cfg.dedup_prompts:
+            uniq: dict[tuple, int] = {}
+            inverse = [uniq.setdefault(tuple(p), len(uniq)) for p in prompts]
+            unique_prompts = [list(p) for p in uniq]
+        else:
+            inverse, unique_prompts = list(range(N)), prompts
+        U = len(unique_prompts)
+        cache = DynamicCache()
+        P = common_prefix_len(unique_prompts) if (cfg.share_prefix and U > 1) else 0
+        if P:
+            prefix = torch.tensor([unique_prompts[0][:P]], device=dev)
+            prefill(self.model, prefix, torch.ones_like(prefix), cache)
+            cache.batch_repeat_interleave(U)
+        ids, mask = left_pad([p[P:] for p in unique_prompts], self.pad_id, dev)
+        mask = torch.cat([torch.ones(U, P, dtype=mask.dtype, device=dev), mask], dim=1)  # [U, P+S]
+        logits = prefill(self.model, ids, mask, cache)  # [U, V]
+        self.stats.prefill_tokens += P + int(mask[:, P:].sum())
+        self.stats.forward_rows += U
+        if U != N or cfg.dedup_prompts:
+            rows = torch.tensor(inverse, device=dev)
+            cache.batch_select_indices(rows)
+            mask, logits = mask[rows], logits[rows]
+
+        generated = [[] for _ in range(N)]
+        active = torch.arange(N, device=dev)  # original row of each batch row
+        finished = torch.zeros(N, dtype=torch.bool, device=dev)  # only used without early exit
+        keys = row_keys.to(dev)
+        for j in range(cfg.max_new_tokens):
+            u = rng.uniform(keys[active], j)
+            token = sample(logits, u, cfg.temperature, cfg.top_p)  # [A]
+            keeps_token = ~self.eos_ids[token] & ~finished
+            for r, tok, kept in zip(active.tolist(), token.tolist(), keeps_token.tolist()):
+                if kept:
+                    generated[r].append(tok)
+            self.stats.new_tokens += int((~finished).sum())
+            finished = finished | self.stop_ids[token]
+            if bool(finished.all()) or j + 1 == cfg.max_new_tokens:
+                break
+            if cfg.early_exit and bool(finished.any()):
+                idx = (~finished).nonzero().squeeze(-1)
+                cache.batch_select_indices(idx)
+                active, token, mask, finished = active[idx], token[idx], mask[idx], finished[idx]
+            mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=mask.dtype, device=dev)], dim=1)
+            position = mask.sum(-1, keepdim=True) - 1  # [A, 1]
+            logits = decode_one_token(self.model, token[:, None], mask, position, cache)
+        return generated

@@ -1,0 +1,130 @@
+"""LLM agents (SPEC §1): one step = retrieve -> generate -> embed -> neighbours -> interact -> label.
+
+State (B populations of n agents, m knowledge-base entries each):
+  entry_ref  [B, n, m] int64  index into `texts` of every entry's current answer
+  scores     [B, n, m] float  retrieval score of every entry (dot product with the query)
+  texts      list[str]        table of every answer text seen (KB answers, then each step's responses)
+The share/mirror update writes one index per agent into entry_ref: no strings move on the hot path.
+"""
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+from . import graph, interact, rng
+from .generate import Generator, SamplingConfig
+from .knowledge import KnowledgeBase, retrieval_scores, retrieve
+from .labels import CentroidLabeler, NameLabeler
+from .populations import Populations
+from .prompts import PromptBuilder
+from .step import StepRecord
+
+
+class LLMAgents:
+    def __init__(self, cfg, kb: KnowledgeBase, pops: Populations, model, tokenizer, embedder, device):
+        self.cfg, self.kb, self.pops, self.device = cfg, kb, pops, device
+        self.B, self.n, self.m = pops.B, kb.n, kb.m
+        self.embedder = embedder
+        self.k_max = int(pops.k.max())
+        g = cfg.generation
+        self.generator = Generator(model, tokenizer, SamplingConfig(
+            temperature=float(g.temperature), top_p=float(g.top_p), max_new_tokens=int(g.max_new_tokens),
+            stop_at_sentence_end=bool(g.stop_at_sentence_end), share_prefix=bool(g.share_prefix),
+            dedup_prompts=bool(g.dedup_prompts), early_exit=bool(g.early_exit), max_rows=int(g.max_rows)))
+        self.prompts = PromptBuilder(tokenizer, cfg.prompt.template, cfg.prompt.answer_prefix,
+                                     bool(cfg.model.chat_template), cfg.prompt.get("system"))
+        self.required = cfg.prompt.required_phrase
+        self.max_retries = int(g.max_retries)
+
+        # retrieval keys and the query, embedded once (SPEC §1, retrieval)
+        self.query = embedder.queries([cfg.prompt.query])[0]  # [d]
+        questions = [q for row in kb.questions for q in row]
+        q_emb = rearrange(embedder.documents(questions), "(n m) d -> n m d", n=self.n)
+        self.retrieval_key = cfg.retrieval.key
+        if self.retrieval_key == "entry":
+            entries = [f"{q}\n{a}" for qs, ans in zip(kb.questions, kb.answers) for q, a in zip(qs, ans)]
+            q_emb = rearrange(embedder.documents(entries), "(n m) d -> n m d", n=self.n)
+        self.scores = retrieval_scores(self.query, q_emb).expand(self.B, -1, -1).clone()  # [B, n, m]
+        self.top_r = int(cfg.retrieval.top_r)
+
+        # the KB's answers are texts 0 .. n*m-1, shared by every population at the start
+        self.texts: list[str] = [a for row in kb.answers for a in row]
+        self.entry_ref = torch.arange(self.n * self.m).reshape(1, self.n, self.m).repeat(self.B, 1, 1)
+        self.slots = retrieve(self.scores, self.top_r)  # [B, n, r]
+
+        self.labeler = self._make_labeler(cfg.labeler)
+
+    def _make_labeler(self, name: str):
+        names = NameLabeler(self.kb.labels)
+        if name == "name":
+            return names
+        # centroid labeler: reference = the KB's topic answers, labelled by their agents' labels
+        topic_answers = [row[self.kb.topic_slot] for row in self.kb.answers]
+        ref = self.embedder.responses(topic_answers)
+        return CentroidLabeler(ref, torch.tensor(self.kb.agent_labels), len(self.kb.labels))
+
+    def contexts(self) -> list[str]:
+        """The text each agent answers from: its retrieved entries' answers, best first. -> B*n strings"""
+        refs = torch.gather(self.entry_ref, -1, self.slots)  # [B, n, r]
+        return ["\n".join(self.texts[j] for j in row) for row in refs.reshape(-1, self.top_r).tolist()]
+
+    def _generate(self, contexts: list[str], t: int) -> list[str]:
+        """ONE batched generation for all B*n agents; rows lacking the required phrase are regenerated
+        (up to max_retries more tries, as the paper), each try with fresh random keys."""
+        agent = torch.arange(self.n)
+        responses: list[str | None] = [None] * len(contexts)
+        todo = list(range(len(contexts)))
+        prompt_ids = self.prompts(contexts)
+        for attempt in range(1 + self.max_retries):
+            keys = rng.mix(self.pops.seeds.cpu()[:, None], rng.TOKEN, t, agent[None, :], attempt).reshape(-1)
+            new = self.generator([prompt_ids[r] for r in todo], keys[todo])
+            self.generations += len(todo)
+            still = []
+            for r, ids in zip(todo, new):
+                responses[r] = self.prompts.response(ids)
+                if self.required and self.required.lower() not in responses[r].lower():
+                    still.append(r)
+            todo = still
+            if not todo:
+                break
+        return responses
+
+    @torch.inference_mode()
+    def step(self, t: int) -> StepRecord:
+        B, n, pops = self.B, self.n, self.pops
+        tokens_before = self.generator.stats.new_tokens
+        self.generations = 0
+        mirrored = interact.mirror_coins(pops.seeds, pops.p, t, n)  # [B, n]
+        contexts = self.contexts()
+        responses = self._generate(contexts, t)  # B*n
+        emb = rearrange(self.embedder.responses(responses), "(b n) d -> b n d", b=B)  # [B, n, d]
+        if not torch.isfinite(emb).all():
+            bad = (~torch.isfinite(emb)).flatten(1).any(-1).nonzero().flatten().tolist()
+            raise FloatingPointError(f"non-finite embeddings at step {t} in population(s) {bad}")
+        labels = (self.labeler(responses).reshape(B, n) if isinstance(self.labeler, NameLabeler)
+                  else self.labeler(emb.cpu()))
+        neighbours = graph.knn(emb, self.k_max, self.cfg.graph.backend)  # [B, n, k_max]
+        partner = interact.pick_partners(pops.seeds.to(emb.device), neighbours, pops.k.to(emb.device), t)
+        self._update(mirrored.cpu(), partner.cpu(), responses, emb)
+        return StepRecord(labels=labels.cpu(), partner=partner.cpu(), mirrored=mirrored.cpu(), contexts=contexts,
+                          responses=responses, new_tokens=self.generator.stats.new_tokens - tokens_before,
+                          generations=self.generations)
+
+    def _update(self, mirrored, partner, responses, emb):
+        """SPEC §1 step 6 as a masked tensor update: agent i's context slot := index of r_src(i)."""
+        B, n = self.B, self.n
+        base = len(self.texts)
+        self.texts.extend(responses)
+        src = interact.context_sources(mirrored, partner)  # [B, n]
+        new_ref = base + torch.arange(B)[:, None] * n + src  # [B, n] index of the taken answer
+        slot = self.slots[..., 0]  # [B, n] the top-1 slot is the one overwritten
+        self.entry_ref.scatter_(-1, slot[..., None], new_ref[..., None])
+        if self.cfg.retrieval.every_step:
+            if self.retrieval_key == "entry":
+                # the overwritten entry now holds another answer: re-score it
+                q_text = [self.kb.questions[i][s] for s_row in slot.tolist() for i, s in enumerate(s_row)]
+                a_text = [self.texts[j] for j in new_ref.flatten().tolist()]
+                e = self.embedder.documents([f"{q}\n{a}" for q, a in zip(q_text, a_text)])
+                new_scores = rearrange(e @ self.query.to(e), "(b n) -> b n 1", b=B).to(self.scores)
+                self.scores.scatter_(-1, slot[..., None], new_scores)
+            self.slots = retrieve(self.scores, self.top_r)

