@@ -43,7 +43,7 @@ class CellWriter:
     """Streams one (k, p) cell's tables; its populations are the rows `members` of the batch."""
 
     def __init__(self, directory: Path, members: list[int], replicas: list[int], names: list[str],
-                 kp: tuple[int, float] | None, transcript: bool):
+                 kp: tuple[int, float] | None, transcript: bool, agents: bool = True):
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.members, self.replicas, self.names, self.kp = members, replicas, names, kp
@@ -51,7 +51,7 @@ class CellWriter:
         self._files = {}
         self._metrics = self._open("metrics.csv", ["replica", "t", "stability", "entropy", "n_silos"] + extra)
         self._agents = self._open("agents.csv", ["replica", "t", "agent", "label", "label_name", "partner",
-                                                 "mirrored"] + extra)
+                                                 "mirrored"] + extra) if agents else None
         self._transcript = self._open_raw("transcript.jsonl") if transcript else None
 
     def _open_raw(self, name):
@@ -69,9 +69,10 @@ class CellWriter:
         for b, r in zip(self.members, self.replicas):
             s = "" if stability is None else f"{float(stability[b]):.6f}"
             self._metrics.writerow([r, t, s, f"{float(entropy[b]):.6f}", int(n_silos[b])] + extra)
-            lab, par, mir = labels[b].tolist(), partner[b].tolist(), mirrored[b].tolist()
-            self._agents.writerows([r, t, i, lab[i], label_name(lab[i], self.names), par[i], int(mir[i])] + extra
-                                   for i in range(n))
+            if self._agents is not None:
+                lab, par, mir = labels[b].tolist(), partner[b].tolist(), mirrored[b].tolist()
+                self._agents.writerows([r, t, i, lab[i], label_name(lab[i], self.names), par[i], int(mir[i])]
+                                       + extra for i in range(n))
             if self._transcript is not None and responses is not None:
                 base = b * n
                 self._transcript.writelines(
@@ -90,14 +91,15 @@ class CellWriter:
         write_json_atomic(self.dir / SUMMARY, summary)
 
 
-def make_cell_writers(run_dir: Path, pops: Populations, names: list[str], transcript: bool) -> list[CellWriter]:
+def make_cell_writers(run_dir: Path, pops: Populations, names: list[str], transcript: bool,
+                      agents: bool = True) -> list[CellWriter]:
     grid = len(pops.cells) > 1
     writers = []
     for c, (k, p) in enumerate(pops.cells):
         members = (pops.cell == c).nonzero().flatten().tolist()
         replicas = pops.replica[members].tolist()
         directory = run_dir / "cells" / cell_dirname(k, p) if grid else run_dir
-        writers.append(CellWriter(directory, members, replicas, names, (k, p) if grid else None, transcript))
+        writers.append(CellWriter(directory, members, replicas, names, (k, p) if grid else None, transcript, agents))
     return writers
 
 

@@ -55,7 +55,7 @@ def simulate(cfg, run_dir: str | Path) -> dict:
     L = len(names)
     n, T, B = cfg.trial.n, cfg.trial.steps, pops.B
     rules = PatternRules(**OmegaConf.to_container(cfg.pattern, resolve=True))
-    writers = make_cell_writers(run_dir, pops, names, bool(cfg.output.transcript))
+    writers = make_cell_writers(run_dir, pops, names, bool(cfg.output.transcript), bool(cfg.output.agents))
 
     history = torch.empty(T, B, n, dtype=torch.int64)  # labels of every step
     S = torch.full((T, B), float("nan"), dtype=torch.float64)
