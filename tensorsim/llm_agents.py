@@ -105,17 +105,18 @@ class LLMAgents:
                   else self.labeler(emb.cpu()))
         neighbours = graph.knn(emb, self.k_max, self.cfg.graph.backend)  # [B, n, k_max]
         partner = interact.pick_partners(pops.seeds.to(emb.device), neighbours, pops.k.to(emb.device), t)
-        self._update(mirrored.cpu(), partner.cpu(), responses, emb)
-        return StepRecord(labels=labels.cpu(), partner=partner.cpu(), mirrored=mirrored.cpu(), contexts=contexts,
+        source = interact.context_sources(mirrored.to(partner.device), partner).cpu()  # [B, n]
+        self._update(source, responses)
+        return StepRecord(labels=labels.cpu(), partner=source, mirrored=mirrored.cpu(), contexts=contexts,
                           responses=responses, new_tokens=self.generator.stats.new_tokens - tokens_before,
                           generations=self.generations)
 
-    def _update(self, mirrored, partner, responses, emb):
-        """SPEC §1 step 6 as a masked tensor update: agent i's context slot := index of r_src(i)."""
+    def _update(self, src, responses):
+        """SPEC §1 step 6 as a masked tensor update: agent i's context slot := index of r_src(i).
+        src: [B, n] whose answer each agent takes (itself where mirrored)."""
         B, n = self.B, self.n
         base = len(self.texts)
         self.texts.extend(responses)
-        src = interact.context_sources(mirrored, partner)  # [B, n]
         new_ref = base + torch.arange(B)[:, None] * n + src  # [B, n] index of the taken answer
         slot = self.slots[..., 0]  # [B, n] the top-1 slot is the one overwritten
         self.entry_ref.scatter_(-1, slot[..., None], new_ref[..., None])

@@ -9,7 +9,7 @@ import torch
 @dataclass
 class StepRecord:
     labels: torch.Tensor  # [B, n] int64, -1 = unlabeled; the silo of each agent's answer at step t
-    partner: torch.Tensor  # [B, n] int64, whose answer (or state) agent i takes in
+    partner: torch.Tensor  # [B, n] int64, whose answer agent i takes in: itself where mirrored
     mirrored: torch.Tensor  # [B, n] bool
     contexts: list[str] | None = None  # B*n, row-major [b, i]: the context each agent answered from
     responses: list[str] | None = None  # B*n, the answers
