@@ -2,7 +2,7 @@
 
 Run pattern, first rule that applies, over the last W steps:
   single    n_silos at the last step is 1 (consensus, E = 0)
-  stable    S(t) >= stable_min_stability at every step of the window (membership frozen)
+  stable    S(t) >= stable_min_stability at every step after the window's first (membership frozen)
   decaying  silos die out: n_silos falls by >= decay_min_silo_drop across the window, or E falls by
             >= decay_min_entropy_drop nats
   unstable  otherwise: members keep moving between silos without silos dying out
@@ -35,7 +35,7 @@ def run_pattern(stability: list[float], n_silos: list[int], entropy: list[float]
     w0 = max(0, T - rules.window)
     if n_silos[-1] == 1:
         return "single"
-    window_s = [stability[t] for t in range(max(w0, 1), T)]
+    window_s = [stability[t] for t in range(w0 + 1, T)]  # changes between steps of the window
     if window_s and min(window_s) >= rules.stable_min_stability:
         return "stable"
     if (n_silos[w0] - n_silos[-1] >= rules.decay_min_silo_drop

@@ -1,0 +1,128 @@
+"""The simulation through its command line, as a user runs it."""
+import csv
+import json
+import math
+from collections import Counter
+
+import pytest
+
+from conftest import run_cli
+
+FILES = ["metrics.csv", "agents.csv", "transcript.jsonl", "summary.json", "stability.png", "entropy.png", "silos.png"]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    r = run_cli("trial=smoke", f"hydra.run.dir={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_smoke_trial_writes_every_output(smoke_run):
+    for f in FILES:
+        assert (smoke_run / f).is_file() and (smoke_run / f).stat().st_size > 0, f
+    assert not list(smoke_run.glob("*.partial"))
+
+
+def test_smoke_outputs_are_consistent(smoke_run):
+    n, T = 6, 3
+    metrics = read_csv(smoke_run / "metrics.csv")
+    agents = read_csv(smoke_run / "agents.csv")
+    transcript = read_jsonl(smoke_run / "transcript.jsonl")
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert list(metrics[0]) == ["replica", "t", "stability", "entropy", "n_silos"]
+    assert list(agents[0]) == ["replica", "t", "agent", "label", "label_name", "partner", "mirrored"]
+    assert len(metrics) == T and len(agents) == n * T and len(transcript) == n * T
+    assert metrics[0]["stability"] == "" and all(m["stability"] for m in metrics[1:])
+    by_t = {t: [a for a in agents if int(a["t"]) == t] for t in range(T)}
+    for t in range(T):
+        labels = [int(a["label"]) for a in by_t[t]]
+        counts = Counter(labels)
+        assert int(metrics[t]["n_silos"]) == len(counts)
+        e = -sum(c / n * math.log(c / n) for c in counts.values())
+        assert float(metrics[t]["entropy"]) == pytest.approx(e, abs=1e-5)
+        if t:
+            prev = [int(a["label"]) for a in by_t[t - 1]]
+            assert float(metrics[t]["stability"]) == pytest.approx(sum(x == y for x, y in zip(prev, labels)) / n, abs=1e-5)
+    # the masked update: the context at t+1 is the answer of the recorded partner at t (self if mirrored)
+    text = {(d["t"], d["agent"]): d for d in transcript}
+    for a in agents:
+        t, i, j = int(a["t"]), int(a["agent"]), int(a["partner"])
+        if a["mirrored"] == "1":
+            assert j == i
+        else:
+            assert j != i
+        if t + 1 < T:
+            assert text[(t + 1, i)]["context"] == text[(t, j)]["response"]
+    rep = summary["replicas"][0]
+    assert rep["final_n_silos"] == int(metrics[-1]["n_silos"])
+    assert rep["pattern"] in {"single", "stable", "unstable", "decaying"}
+    assert summary["models"]["model"] == "SmolLM2-135M-Instruct" and summary["new_tokens"] > 0
+    assert summary["config"]["trial"]["n"] == n
+
+
+def test_same_seed_same_transcript_other_seed_differs(smoke_run, tmp_path):
+    again = run_cli("trial=smoke", f"hydra.run.dir={tmp_path / 'a'}")
+    other = run_cli("trial=smoke", "seed=1", f"hydra.run.dir={tmp_path / 'b'}")
+    assert again.returncode == 0 and other.returncode == 0
+    base = (smoke_run / "transcript.jsonl").read_text()
+    assert (tmp_path / "a" / "transcript.jsonl").read_text() == base
+    assert (tmp_path / "b" / "transcript.jsonl").read_text() != base
+
+
+def test_p1_keeps_own_answers(tmp_path):
+    r = run_cli("trial=smoke", "trial.p=1.0", "trial.steps=2", "trial.window=2", f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    tr = {(d["t"], d["agent"]): d for d in read_jsonl(tmp_path / "transcript.jsonl")}
+    for i in range(6):
+        assert tr[(1, i)]["context"] == tr[(0, i)]["response"]
+    assert all(a["mirrored"] == "1" and a["partner"] == a["agent"] for a in read_csv(tmp_path / "agents.csv"))
+
+
+def test_completed_run_directory_is_not_overwritten(smoke_run):
+    before = (smoke_run / "summary.json").read_text()
+    r = run_cli("trial=smoke", f"hydra.run.dir={smoke_run}")
+    assert r.returncode == 2 and "already holds a completed run" in r.stderr
+    assert (smoke_run / "summary.json").read_text() == before
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    (["trial.k=6"], "trial.k=6"),
+    (["trial.k=0"], "trial.k=0"),
+    (["trial.p=1.5"], "trial.p=1.5"),
+    (["trial.p=-0.1"], "trial.p=-0.1"),
+    (["trial.n=1", "trial.k=1"], "trial.n=1"),
+    (["trial.steps=0"], "trial.steps=0"),
+    (["trial.replicas=0"], "trial.replicas=0"),
+    (["pattern.window=9"], "pattern.window=9"),
+    (["prompt.template=no_context_here"], "prompt.template"),
+    (["model=llama2_7b_chat", "model.path=/nonexistent/llama"], "model.path=/nonexistent/llama"),
+    (["model=llama2_7b_chat"], "model.path is required"),
+    (["graph.backend=annoy"], "graph.backend='annoy'"),
+    (["kb=/nonexistent/kb.json"], "kb=/nonexistent/kb.json"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, overrides, fragment):
+    r = run_cli("trial=smoke", *overrides, f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and fragment in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "run" / "summary.json").exists()
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_malformed_kb_file_is_refused(tmp_path):
+    bad = tmp_path / "kb.json"
+    bad.write_text(json.dumps({"topic": "flower", "labels": ["Rose"], "agents": [{"label": "Rose", "entries": []}]}))
+    r = run_cli("trial=smoke", f"kb={bad}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 2 and "error:" in r.stderr and str(bad) in r.stderr and "Traceback" not in r.stderr
