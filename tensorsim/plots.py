@@ -1,6 +1,7 @@
 """The three figures of a run: S(t), E(t), and who is in which silo over time."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +19,10 @@ def _series(path: Path, series: dict[int, list[float]], ylabel: str, title: str)
         ax.plot(xs, [ys[t] for t in xs], lw=0.8, alpha=0.5 if len(series) > 1 else 1.0, label=f"replica {replica}")
         arr.append([np.nan if y is None else y for y in ys])
     if len(series) > 1:
-        ax.plot(np.nanmean(np.array(arr, dtype=float), axis=0), color="black", lw=2, label="mean")
+        with warnings.catch_warnings():  # S(0) is undefined in every replica
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(np.array(arr, dtype=float), axis=0)
+        ax.plot(mean, color="black", lw=2, label="mean")
     ax.set_xlabel("step t")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
