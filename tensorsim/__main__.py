@@ -7,7 +7,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .errors import UserError
+from .errors import NonFiniteError, UserError
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -20,13 +20,14 @@ def main(cfg: DictConfig) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    finals = summary.get("replicas") or summary.get("cells")
+    except NonFiniteError as e:
+        print(f"error: {e}; outputs up to the last checkpoint are kept in {run_dir}", file=sys.stderr)
+        sys.exit(3)
     print(f"[tensorsim] done in {summary['wall_time_s']:.1f}s -> {run_dir}")
     for r in summary.get("replicas", []):
         print(f"  replica {r['replica']}: {r['final_n_silos']} silo(s), pattern {r['pattern']}")
     for c in summary.get("cells", []):
         print(f"  k={c['k']} p={c['p']:g}: mean final silos {c['mean_final_n_silos']:.2f}")
-    del finals
 
 
 if __name__ == "__main__":

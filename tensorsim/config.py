@@ -39,6 +39,8 @@ def validate(cfg) -> None:
     for p in ps:
         need(_is_num(p) and 0.0 <= p <= 1.0, "trial.p", p, "a probability in [0, 1]")
     need(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    need(_is_int(cfg.checkpoint.every) and cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every,
+         "an integer >= 0 (0 = no checkpoints)")
     need(cfg.agents.kind in AGENT_KINDS, "agents.kind", cfg.agents.kind, f"one of {', '.join(AGENT_KINDS)}")
     need(cfg.graph.backend in BACKENDS, "graph.backend", cfg.graph.backend, f"one of {', '.join(BACKENDS)}")
 
@@ -76,6 +78,9 @@ def validate_llm(cfg) -> None:
          "an integer >= 1")
     need(_is_int(g.max_retries) and g.max_retries >= 0, "generation.max_retries", g.max_retries, "an integer >= 0")
     need(_is_int(g.max_rows) and g.max_rows >= 1, "generation.max_rows", g.max_rows, "an integer >= 1")
+    budget = g.get("memory_budget_gb")
+    need(budget is None or (_is_num(budget) and budget > 0), "generation.memory_budget_gb", budget,
+         "null or a number of GiB > 0")
     r = cfg.retrieval
     need(_is_int(r.top_r) and r.top_r >= 1, "retrieval.top_r", r.top_r, "an integer >= 1")
     need(r.key in RETRIEVAL_KEYS, "retrieval.key", r.key, f"one of {', '.join(RETRIEVAL_KEYS)}")

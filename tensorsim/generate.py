@@ -21,6 +21,14 @@ import torch
 from . import rng
 
 
+class NonFiniteError(FloatingPointError):
+    """Non-finite logits; .rows are the offending rows of the generate call."""
+
+    def __init__(self, rows: list[int]):
+        super().__init__(f"non-finite logits in rows {rows}")
+        self.rows = rows
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 0.75
@@ -31,6 +39,7 @@ class SamplingConfig:
     dedup_prompts: bool = True
     early_exit: bool = True
     max_rows: int = 256  # rows per forward pass (micro-batch)
+    memory_budget_gb: float | None = None  # caps rows so their KV cache fits this budget
 
 
 def sample(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -90,6 +99,14 @@ class GenerationStats:
     new_tokens: int = 0
     prefill_tokens: int = 0
     forward_rows: int = 0
+    oom_retries: int = 0
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """KV-cache bytes one token of one row occupies: keys and values of every layer."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * torch.finfo(dtype).bits // 8
 
 
 class Generator:
@@ -117,18 +134,47 @@ class Generator:
         self.eos_ids = self.eos_ids.to(self.device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stats = GenerationStats()
+        self.max_rows = cfg.max_rows
+        self.kv_per_token = kv_bytes_per_token(model.config, next(model.parameters()).dtype)
+
+    def rows_for_budget(self, prompt_len: int) -> int:
+        """Micro-batch size: max_rows, lowered so that the rows' KV cache fits memory_budget_gb."""
+        if not self.cfg.memory_budget_gb:
+            return self.max_rows
+        per_row = self.kv_per_token * (prompt_len + self.cfg.max_new_tokens)
+        return max(1, min(self.max_rows, int(self.cfg.memory_budget_gb * 2**30 // per_row)))
 
     @torch.inference_mode()
     def __call__(self, prompts: list[list[int]], row_keys: torch.Tensor) -> list[list[int]]:
         """prompts: N token-id lists; row_keys: [N] int64 (one random key per row) -> N lists of new ids
-        (EOS removed)."""
+        (EOS removed). On out-of-memory the chunk is retried with half the rows: answers do not change,
+        since each row's randomness is its own."""
         out: list[list[int]] = []
-        step = self.cfg.max_rows
-        for i in range(0, len(prompts), step):
-            out += self._generate_chunk(prompts[i:i + step], row_keys[i:i + step])
+        i = 0
+        while i < len(prompts):
+            step = self.rows_for_budget(max(len(p) for p in prompts[i:i + self.max_rows]))
+            try:
+                out += self._generate_chunk(prompts[i:i + step], row_keys[i:i + step], offset=i)
+            except torch.OutOfMemoryError:
+                if step == 1:
+                    raise
+                self.max_rows = max(1, step // 2)
+                self.stats.oom_retries += 1
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                print(f"[tensorsim] out of memory at {step} rows per pass: retrying with {self.max_rows}",
+                      flush=True)
+                continue
+            i += step
         return out
 
-    def _generate_chunk(self, prompts, row_keys):
+    @staticmethod
+    def check_finite(logits: torch.Tensor, rows: torch.Tensor) -> None:
+        finite = torch.isfinite(logits).all(-1)
+        if not bool(finite.all()):
+            raise NonFiniteError(rows[~finite].tolist())
+
+    def _generate_chunk(self, prompts, row_keys, offset: int = 0):
         from transformers import DynamicCache
 
         cfg, dev = self.cfg, self.device
@@ -150,6 +196,7 @@ class Generator:
         ids, mask = left_pad([p[P:] for p in unique_prompts], self.pad_id, dev)
         mask = torch.cat([torch.ones(U, P, dtype=mask.dtype, device=dev), mask], dim=1)  # [U, P+S]
         logits = prefill(self.model, ids, mask, cache)  # [U, V]
+        self.check_finite(logits, torch.tensor([inverse.index(u) for u in range(U)]) + offset)
         self.stats.prefill_tokens += P + int(mask[:, P:].sum())
         self.stats.forward_rows += U
         if U != N or cfg.dedup_prompts:
@@ -179,4 +226,5 @@ class Generator:
             mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=mask.dtype, device=dev)], dim=1)
             position = mask.sum(-1, keepdim=True) - 1  # [A, 1]
             logits = decode_one_token(self.model, token[:, None], mask, position, cache)
+            self.check_finite(logits, active.cpu() + offset)
         return generated

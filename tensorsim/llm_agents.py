@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from . import graph, interact, rng
-from .generate import Generator, SamplingConfig
+from . import errors, graph, interact, rng
+from .generate import Generator, NonFiniteError, SamplingConfig
 from .knowledge import KnowledgeBase, retrieval_scores, retrieve
 from .labels import CentroidLabeler, NameLabeler
 from .populations import Populations
@@ -30,7 +30,8 @@ class LLMAgents:
         self.generator = Generator(model, tokenizer, SamplingConfig(
             temperature=float(g.temperature), top_p=float(g.top_p), max_new_tokens=int(g.max_new_tokens),
             stop_at_sentence_end=bool(g.stop_at_sentence_end), share_prefix=bool(g.share_prefix),
-            dedup_prompts=bool(g.dedup_prompts), early_exit=bool(g.early_exit), max_rows=int(g.max_rows)))
+            dedup_prompts=bool(g.dedup_prompts), early_exit=bool(g.early_exit), max_rows=int(g.max_rows),
+            memory_budget_gb=g.get("memory_budget_gb")))
         self.prompts = PromptBuilder(tokenizer, cfg.prompt.template, cfg.prompt.answer_prefix,
                                      bool(cfg.model.chat_template), cfg.prompt.get("system"))
         self.required = cfg.prompt.required_phrase
@@ -53,6 +54,17 @@ class LLMAgents:
         self.slots = retrieve(self.scores, self.top_r)  # [B, n, r]
 
         self.labeler = self._make_labeler(cfg.labeler)
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs (randomness is counter-based: no generator state)."""
+        return {"texts": list(self.texts), "entry_ref": self.entry_ref.clone(), "scores": self.scores.cpu().clone(),
+                "slots": self.slots.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.texts = list(state["texts"])
+        self.entry_ref = state["entry_ref"].clone()
+        self.scores = state["scores"].to(self.scores)
+        self.slots = state["slots"].clone()
 
     def _make_labeler(self, name: str):
         names = NameLabeler(self.kb.labels)
@@ -77,7 +89,11 @@ class LLMAgents:
         prompt_ids = self.prompts(contexts)
         for attempt in range(1 + self.max_retries):
             keys = rng.mix(self.pops.seeds.cpu()[:, None], rng.TOKEN, t, agent[None, :], attempt).reshape(-1)
-            new = self.generator([prompt_ids[r] for r in todo], keys[todo])
+            try:
+                new = self.generator([prompt_ids[r] for r in todo], keys[todo])
+            except NonFiniteError as e:
+                pops = sorted({todo[r] // self.n for r in e.rows})
+                raise errors.NonFiniteError(f"non-finite logits at step {t} in population(s) {pops}") from None
             self.generations += len(todo)
             still = []
             for r, ids in zip(todo, new):
@@ -100,7 +116,7 @@ class LLMAgents:
         emb = rearrange(self.embedder.responses(responses), "(b n) d -> b n d", b=B)  # [B, n, d]
         if not torch.isfinite(emb).all():
             bad = (~torch.isfinite(emb)).flatten(1).any(-1).nonzero().flatten().tolist()
-            raise FloatingPointError(f"non-finite embeddings at step {t} in population(s) {bad}")
+            raise errors.NonFiniteError(f"non-finite embeddings at step {t} in population(s) {bad}")
         labels = (self.labeler(responses).reshape(B, n) if isinstance(self.labeler, NameLabeler)
                   else self.labeler(emb.cpu()))
         neighbours = graph.knn(emb, self.k_max, self.cfg.graph.backend)  # [B, n, k_max]

@@ -43,8 +43,11 @@ class CellWriter:
     """Streams one (k, p) cell's tables; its populations are the rows `members` of the batch."""
 
     def __init__(self, directory: Path, members: list[int], replicas: list[int], names: list[str],
-                 kp: tuple[int, float] | None, transcript: bool, agents: bool = True):
+                 kp: tuple[int, float] | None, transcript: bool, agents: bool = True,
+                 offsets: dict[str, int] | None = None):
+        """offsets: when resuming, the byte size of each table at the checkpoint; later rows are cut."""
         self.dir = directory
+        self.offsets = offsets
         self.dir.mkdir(parents=True, exist_ok=True)
         self.members, self.replicas, self.names, self.kp = members, replicas, names, kp
         extra = ["k", "p"] if kp else []
@@ -55,14 +58,26 @@ class CellWriter:
         self._transcript = self._open_raw("transcript.jsonl") if transcript else None
 
     def _open_raw(self, name):
-        f = open(self.dir / (name + ".partial"), "w", encoding="utf-8", newline="")
+        path = self.dir / (name + ".partial")
+        if self.offsets is None:
+            f = open(path, "w", encoding="utf-8", newline="")
+        else:
+            f = open(path, "r+", encoding="utf-8", newline="")
+            f.truncate(self.offsets[name])  # rows written after the checkpoint are redone
+            f.seek(self.offsets[name])
         self._files[name] = f
         return f
 
     def _open(self, name, header):
         w = csv.writer(self._open_raw(name))
-        w.writerow(header)
+        if self.offsets is None:
+            w.writerow(header)
         return w
+
+    def tell(self) -> dict[str, int]:
+        """Byte size of every table, after a flush: what a checkpoint records."""
+        self.flush()
+        return {name: f.tell() for name, f in self._files.items()}
 
     def write_step(self, t: int, labels, partner, mirrored, stability, entropy, n_silos, contexts, responses, n):
         extra = [self.kp[0], self.kp[1]] if self.kp else []
@@ -92,14 +107,15 @@ class CellWriter:
 
 
 def make_cell_writers(run_dir: Path, pops: Populations, names: list[str], transcript: bool,
-                      agents: bool = True) -> list[CellWriter]:
+                      agents: bool = True, offsets: list[dict] | None = None) -> list[CellWriter]:
     grid = len(pops.cells) > 1
     writers = []
     for c, (k, p) in enumerate(pops.cells):
         members = (pops.cell == c).nonzero().flatten().tolist()
         replicas = pops.replica[members].tolist()
         directory = run_dir / "cells" / cell_dirname(k, p) if grid else run_dir
-        writers.append(CellWriter(directory, members, replicas, names, (k, p) if grid else None, transcript, agents))
+        writers.append(CellWriter(directory, members, replicas, names, (k, p) if grid else None, transcript, agents,
+                                   offsets[c] if offsets else None))
     return writers
 
 

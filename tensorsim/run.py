@@ -1,6 +1,7 @@
 """One run: build the populations and agents, step them T times, measure, write every output."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from . import metrics
 from .config import validate
 from .knowledge import load_kb
 from .models import resolve_device, resolve_dtype
-from .outputs import SUMMARY, cell_dirname, make_cell_writers, refuse_completed, write_json_atomic
+from .outputs import SUMMARY, is_complete, make_cell_writers, refuse_completed, write_json_atomic
 from .patterns import PatternRules, last_change_step, run_pattern, silo_patterns
 from .plots import write_plots
 from .populations import build_populations
@@ -43,11 +44,38 @@ def build_agents(cfg, pops, device, dtype):
     return agents, kb.labels, used
 
 
+CHECKPOINT = "checkpoint.pt"
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    from .errors import UserError
+
+    path = run_dir / CHECKPOINT
+    if is_complete(run_dir):
+        raise UserError(f"resume=true but {run_dir} already holds a completed run")
+    if not path.is_file():
+        raise UserError(f"resume=true but {run_dir} has no {CHECKPOINT} (checkpoints are written every "
+                        f"checkpoint.every steps; pass the run's directory as hydra.run.dir)")
+    return torch.load(path, weights_only=False)
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> None:
+    tmp = run_dir / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, run_dir / CHECKPOINT)  # a crash mid-save leaves the previous checkpoint intact
+
+
 def simulate(cfg, run_dir: str | Path) -> dict:
-    """Run the configured trial into run_dir and return the top-level summary."""
-    validate(cfg)
+    """Run the configured trial into run_dir and return the top-level summary. With resume=true, continue
+    the run in run_dir from its last checkpoint, with the config it started with."""
     run_dir = Path(run_dir)
-    refuse_completed(run_dir, bool(cfg.overwrite))
+    ckpt = None
+    if cfg.get("resume"):
+        ckpt = load_checkpoint(run_dir)
+        cfg = OmegaConf.create(ckpt["config"])
+    validate(cfg)
+    if ckpt is None:
+        refuse_completed(run_dir, bool(cfg.overwrite))
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     pops = build_populations(cfg.trial.k, cfg.trial.p, cfg.trial.replicas, cfg.seed)
@@ -55,15 +83,27 @@ def simulate(cfg, run_dir: str | Path) -> dict:
     L = len(names)
     n, T, B = cfg.trial.n, cfg.trial.steps, pops.B
     rules = PatternRules(**OmegaConf.to_container(cfg.pattern, resolve=True))
-    writers = make_cell_writers(run_dir, pops, names, bool(cfg.output.transcript), bool(cfg.output.agents))
+    every = int(cfg.checkpoint.every)
 
     history = torch.empty(T, B, n, dtype=torch.int64)  # labels of every step
     S = torch.full((T, B), float("nan"), dtype=torch.float64)
     E = torch.empty(T, B, dtype=torch.float64)
     silos = torch.empty(T, B, dtype=torch.int64)
     new_tokens = generations = 0
-    start = time.perf_counter()
-    bar = tqdm(range(T), desc=f"{cfg.trial.name} n={n} B={B}", unit="step", dynamic_ncols=True)
+    t0, elapsed_before = 0, 0.0
+    if ckpt is not None:
+        t0 = ckpt["t"]
+        history[:t0], S[:t0], E[:t0], silos[:t0] = ckpt["history"], ckpt["S"], ckpt["E"], ckpt["silos"]
+        new_tokens, generations, elapsed_before = ckpt["new_tokens"], ckpt["generations"], ckpt["elapsed"]
+        agents.load_state_dict(ckpt["agents"])
+        print(f"[tensorsim] resuming {run_dir} at step {t0} of {T}")
+    writers = make_cell_writers(run_dir, pops, names, bool(cfg.output.transcript), bool(cfg.output.agents),
+                                ckpt["offsets"] if ckpt else None)
+    config_container = ckpt["config"] if ckpt else OmegaConf.to_container(cfg, resolve=True)
+
+    start = time.perf_counter() - elapsed_before
+    bar = tqdm(range(t0, T), desc=f"{cfg.trial.name} n={n} B={B}", unit="step", dynamic_ncols=True,
+               initial=t0, total=T)
     for t in bar:
         rec = agents.step(t)
         history[t] = rec.labels
@@ -78,6 +118,12 @@ def simulate(cfg, run_dir: str | Path) -> dict:
         new_tokens += rec.new_tokens
         generations += rec.generations
         elapsed = time.perf_counter() - start
+        if every and (t + 1) % every == 0 and t + 1 < T:
+            save_checkpoint(run_dir, {
+                "t": t + 1, "config": config_container, "agents": agents.state_dict(),
+                "history": history[:t + 1].clone(), "S": S[:t + 1].clone(), "E": E[:t + 1].clone(),
+                "silos": silos[:t + 1].clone(), "new_tokens": new_tokens, "generations": generations,
+                "elapsed": elapsed, "offsets": [w.tell() for w in writers]})
         post = {"silos": f"{silos[t].double().mean():.1f}", "E": f"{E[t].mean():.2f}"}
         if t > 0:
             post["S"] = f"{S[t].mean():.2f}"
@@ -87,7 +133,7 @@ def simulate(cfg, run_dir: str | Path) -> dict:
     wall = time.perf_counter() - start
 
     common = {
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config_container,
         "models": used, "device": str(device), "n": n, "steps": T,
         "wall_time_s": round(wall, 3), "new_tokens": new_tokens, "generations": generations,
         "new_tokens_per_s": round(new_tokens / wall, 2) if wall > 0 else None,
@@ -117,8 +163,9 @@ def simulate(cfg, run_dir: str | Path) -> dict:
         w.close(summary)
         cell_summaries.append({"k": k, "p": p, "dir": str(w.dir.relative_to(run_dir)) or ".",
                                "mean_final_n_silos": sum(x["final_n_silos"] for x in replicas) / len(replicas)})
+    result = summary
     if len(writers) > 1:
-        top = dict(common, cells=cell_summaries)
-        write_json_atomic(run_dir / SUMMARY, top)
-        return top
-    return summary
+        result = dict(common, cells=cell_summaries)
+        write_json_atomic(run_dir / SUMMARY, result)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # complete: summary.json marks it, no resume needed
+    return result

@@ -1,0 +1,122 @@
+"""Runs that survive: resume after kill -9, out-of-memory retries, non-finite values."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+from tensorsim import rng
+from tensorsim.errors import NonFiniteError as RunNonFinite
+from tensorsim.generate import Generator, NonFiniteError, SamplingConfig
+from tensorsim.knowledge import load_kb
+from tensorsim.prompts import PAPER_TEMPLATE, PromptBuilder
+
+OUTPUTS = ["metrics.csv", "agents.csv", "transcript.jsonl", "stability.png", "entropy.png", "silos.png"]
+RUN = ["trial=smoke", "trial.steps=5", "trial.window=3", "checkpoint.every=2"]
+
+
+def test_kill_9_then_resume_gives_identical_outputs(tmp_path):
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    r = run_cli(*RUN, f"hydra.run.dir={whole}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    proc = subprocess.Popen([sys.executable, "-m", "tensorsim", *RUN, f"hydra.run.dir={crashed}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (crashed / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (crashed / "summary.json").exists()  # an incomplete run is recognisable
+    assert (crashed / "metrics.csv.partial").exists() and not (crashed / "metrics.csv").exists()
+    r = run_cli("resume=true", f"hydra.run.dir={crashed}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming" in r.stdout
+    for f in OUTPUTS:
+        assert (crashed / f).read_bytes() == (whole / f).read_bytes(), f
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (whole, crashed))
+    for key in ("config", "replicas", "new_tokens", "generations"):
+        assert a[key] == b[key], key
+    assert not (crashed / "checkpoint.pt").exists()
+
+
+def test_resume_without_checkpoint_is_refused(tmp_path):
+    r = run_cli("resume=true", f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 2 and "has no checkpoint.pt" in r.stderr and "Traceback" not in r.stderr
+
+
+def _prompts(tok, count):
+    kb = load_kb()
+    return PromptBuilder(tok, PAPER_TEMPLATE, "The prettiest flower is")([kb.answers[i][0] for i in range(count)])
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_answers(small_llm, monkeypatch):
+    model, tok = small_llm
+    prompts = _prompts(tok, 6)
+    keys = rng.mix(2, torch.arange(6))
+    cfg = SamplingConfig(temperature=0.75, max_new_tokens=12, max_rows=8)
+    expected = Generator(model, tok, cfg)(prompts, keys)
+    gen = Generator(model, tok, cfg)
+    real = gen._generate_chunk
+
+    def fails_above_two_rows(p, k, offset=0):
+        if len(p) > 2:
+            raise torch.OutOfMemoryError("injected")
+        return real(p, k, offset)
+
+    monkeypatch.setattr(gen, "_generate_chunk", fails_above_two_rows)
+    assert gen(prompts, keys) == expected
+    assert gen.max_rows == 2 and gen.stats.oom_retries == 2  # 8 -> 4 -> 2 rows per pass
+
+
+def test_memory_budget_sets_rows_per_pass(small_llm):
+    model, tok = small_llm
+    gen = Generator(model, tok, SamplingConfig(max_new_tokens=100, max_rows=256, memory_budget_gb=0.01))
+    per_row = gen.kv_per_token * (100 + 100)
+    assert gen.rows_for_budget(100) == int(0.01 * 2**30 // per_row) < 256
+    assert Generator(model, tok, SamplingConfig(max_rows=256)).rows_for_budget(100) == 256
+
+
+def test_non_finite_logits_name_the_rows(small_llm, monkeypatch):
+    model, tok = small_llm
+    gen = Generator(model, tok, SamplingConfig(max_new_tokens=4))
+    import tensorsim.generate as g
+    real = g.decode_one_token
+
+    def poisoned(*a, **k):
+        logits = real(*a, **k)
+        logits[1] = float("nan")
+        return logits
+
+    monkeypatch.setattr(g, "decode_one_token", poisoned)
+    with pytest.raises(NonFiniteError) as e:
+        gen(_prompts(tok, 3), rng.mix(0, torch.arange(3)))
+    assert e.value.rows == [1]
+
+
+def test_non_finite_stops_the_run_keeping_the_checkpoint(tmp_path):
+    """Through the CLI: NaN embeddings at step 2 stop the run with exit 3, naming step and population."""
+    code = (
+        "import sys, torch\n"
+        "import tensorsim.llm_agents as la\n"
+        "orig = la.LLMAgents.step\n"
+        "def step(self, t):\n"
+        "    if t == 2:\n"
+        "        real = self.embedder.responses\n"
+        "        self.embedder.responses = lambda texts: real(texts) * float('nan')\n"
+        "    return orig(self, t)\n"
+        "la.LLMAgents.step = step\n"
+        "import runpy\n"
+        "sys.argv = ['tensorsim'] + sys.argv[1:]\n"
+        "runpy.run_module('tensorsim', run_name='__main__')\n")
+    r = subprocess.run([sys.executable, "-c", code, *RUN, f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 3, r.stderr[-2000:]
+    line = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert len(line) == 1 and "step 2" in line[0] and "population(s) [0]" in line[0]
+    assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "summary.json").exists()
