@@ -118,7 +118,7 @@ class Generator:
         eos = model.generation_config.eos_token_id if model.generation_config else None
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
         eos = set(eos) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
-        V = model.get_output_embeddings().weight.shape[0]
+        V = model.config.vocab_size
         self.stop_ids = torch.zeros(V, dtype=torch.bool)
         self.stop_ids[list(eos)] = True
         self.eos_ids = self.stop_ids.clone()
