@@ -39,3 +39,33 @@ class Timer:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self.t0
+
+
+def build_llm_engine(cfg, model=None, tokenizer=None, embedder=None):
+    """An LLMAgents engine for cfg (reusing loaded models when given) -> (engine, model, tok, embedder)."""
+    from tensorsim.knowledge import load_kb
+    from tensorsim.llm_agents import LLMAgents
+    from tensorsim.models import Embedder, load_llm, resolve_device, resolve_dtype
+    from tensorsim.populations import build_populations
+
+    device = resolve_device(cfg.device)
+    if model is None:
+        model, tokenizer = load_llm(cfg.model, device, resolve_dtype(cfg.dtype, device))
+        embedder = Embedder(cfg.embedder, device)
+    kb = load_kb(cfg.kb).take(cfg.trial.n)
+    pops = build_populations(cfg.trial.k, cfg.trial.p, cfg.trial.replicas, cfg.seed).to(device)
+    return LLMAgents(cfg, kb, pops, model, tokenizer, embedder, device), model, tokenizer, embedder
+
+
+def measure_steps(engine, steps: int) -> dict:
+    """One warm-up step, then `steps` timed steps -> seconds, new tokens, agent-steps/s, tokens/s."""
+    engine.step(0)
+    tokens0 = engine.generator.stats.new_tokens
+    with Timer() as tm:
+        for t in range(1, steps + 1):
+            engine.step(t)
+    tokens = engine.generator.stats.new_tokens - tokens0
+    agent_steps = engine.B * engine.n * steps
+    return {"seconds": round(tm.seconds, 3), "new_tokens": tokens,
+            "agent_steps_per_s": round(agent_steps / tm.seconds, 3),
+            "new_tokens_per_s": round(tokens / tm.seconds, 2)}
