@@ -118,6 +118,10 @@ def simulate(cfg, run_dir: str | Path) -> dict:
         new_tokens += rec.new_tokens
         generations += rec.generations
         elapsed = time.perf_counter() - start
+        if t == t0 and T - t0 > 1:
+            eta = (elapsed - elapsed_before) * (T - t0 - 1)
+            tqdm.write(f"[tensorsim] step {t} took {elapsed - elapsed_before:.1f}s: ETA {eta / 60:.1f} min for the "
+                       f"remaining {T - t0 - 1} steps ({B * n} agents per step)")
         if every and (t + 1) % every == 0 and t + 1 < T:
             save_checkpoint(run_dir, {
                 "t": t + 1, "config": config_container, "agents": agents.state_dict(),
