@@ -39,6 +39,8 @@ def validate(cfg) -> None:
     for p in ps:
         need(_is_num(p) and 0.0 <= p <= 1.0, "trial.p", p, "a probability in [0, 1]")
     need(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    threads = cfg.get("threads")
+    need(threads is None or (_is_int(threads) and threads >= 1), "threads", threads, "null or an integer >= 1")
     need(_is_int(cfg.checkpoint.every) and cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every,
          "an integer >= 0 (0 = no checkpoints)")
     need(cfg.agents.kind in AGENT_KINDS, "agents.kind", cfg.agents.kind, f"one of {', '.join(AGENT_KINDS)}")

@@ -74,6 +74,8 @@ def simulate(cfg, run_dir: str | Path) -> dict:
         ckpt = load_checkpoint(run_dir)
         cfg = OmegaConf.create(ckpt["config"])
     validate(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     if ckpt is None:
         refuse_completed(run_dir, bool(cfg.overwrite))
     device = resolve_device(cfg.device)
