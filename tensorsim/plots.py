@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def _series(path: Path, series: dict[int, list[float]], ylabel: str, title: str)
 def silo_map(path: Path, labels: dict[int, np.ndarray], names: list[str], title: str, max_panels: int = 4) -> None:
     """labels: replica -> [T, n] label ids; one panel per replica (first max_panels): agent x step."""
     shown = list(labels.items())[:max_panels]
-    fig, axes = plt.subplots(len(shown), 1, figsize=(7, 2.2 + 1.6 * len(shown)), squeeze=False)
+    fig, axes = plt.subplots(len(shown), 1, figsize=(8.5, 2.2 + 1.6 * len(shown)), squeeze=False)
     for ax, (replica, lab) in zip(axes[:, 0], shown):
         present = sorted(set(np.unique(lab).tolist()))
         index = {v: i for i, v in enumerate(present)}
@@ -44,11 +45,12 @@ def silo_map(path: Path, labels: dict[int, np.ndarray], names: list[str], title:
         cmap = plt.get_cmap("tab20", max(len(present), 1))
         ax.imshow(img, aspect="auto", interpolation="nearest", cmap=cmap, vmin=-0.5, vmax=len(present) - 0.5)
         ax.set_ylabel(f"agent (replica {replica})")
-        final = lab[-1]
-        for v in np.unique(final):
-            rows = np.nonzero(final == v)[0]
-            name = names[v] if 0 <= v < len(names) else "unlabeled"
-            ax.text(lab.shape[0] - 0.5, rows.mean(), f" {name}", va="center", fontsize=7)
+        # legend: the silos alive at the last step, by size
+        final, sizes = np.unique(lab[-1], return_counts=True)
+        handles = [Patch(color=cmap(index[v]), label=f"{names[v] if 0 <= v < len(names) else 'unlabeled'} ({c})")
+                   for v, c in sorted(zip(final.tolist(), sizes.tolist()), key=lambda vc: -vc[1])[:8]]
+        ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title="final silos",
+                  title_fontsize=7)
     axes[-1, 0].set_xlabel("step t")
     axes[0, 0].set_title(title)
     fig.tight_layout()
