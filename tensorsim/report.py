@@ -146,35 +146,29 @@ def _load_cell(d: Path, notes: list[str]) -> Cell | None:
     return cell
 
 
+def _complete_cells(dirs: list[Path], notes: list[str]) -> list[Cell]:
+    """The cells of a grid's cell directories that finished; the others are noted."""
+    cells = []
+    for d in dirs:
+        if not (d / SUMMARY).is_file():
+            notes.append(f"skipped {d}: incomplete (no summary.json)")
+        elif cell := _load_cell(d, notes):
+            cells.append(cell)
+    return cells
+
+
 def find_cells(root: Path, notes: list[str], depth: int = 0) -> list[Cell]:
     """Every complete cell under root; incomplete run directories are noted and skipped."""
     summary_path = root / SUMMARY
     if summary_path.is_file():
         summary = _load_json(summary_path)
         if "cells" in summary:  # packed grid
-            cells = []
-            for c in summary["cells"]:
-                d = root / c.get("dir", "")
-                if (d / SUMMARY).is_file():
-                    cell = _load_cell(d, notes)
-                    if cell:
-                        cells.append(cell)
-                else:
-                    notes.append(f"skipped {d}: incomplete (no summary.json)")
-            return cells
+            return _complete_cells([root / c.get("dir", "") for c in summary["cells"]], notes)
         cell = _load_cell(root, notes)
         return [cell] if cell else []
     if (root / "cells").is_dir():  # a grid that has not finished: its finished cells still count
         notes.append(f"{root}: incomplete grid (no summary.json); using its completed cells")
-        cells = []
-        for d in sorted(p for p in (root / "cells").iterdir() if p.is_dir()):
-            if (d / SUMMARY).is_file():
-                cell = _load_cell(d, notes)
-                if cell:
-                    cells.append(cell)
-            else:
-                notes.append(f"skipped {d}: incomplete (no summary.json)")
-        return cells
+        return _complete_cells(sorted(p for p in (root / "cells").iterdir() if p.is_dir()), notes)
     if _looks_like_run(root):
         notes.append(f"skipped {root}: incomplete run (no summary.json: still running or crashed)")
         return []
