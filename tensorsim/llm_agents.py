@@ -39,13 +39,13 @@ class LLMAgents:
 
         # retrieval keys and the query, embedded once (SPEC §1, retrieval)
         self.query = embedder.queries([cfg.prompt.query])[0]  # [d]
-        questions = [q for row in kb.questions for q in row]
-        q_emb = rearrange(embedder.documents(questions), "(n m) d -> n m d", n=self.n)
         self.retrieval_key = cfg.retrieval.key
-        if self.retrieval_key == "entry":
-            entries = [f"{q}\n{a}" for qs, ans in zip(kb.questions, kb.answers) for q, a in zip(qs, ans)]
-            q_emb = rearrange(embedder.documents(entries), "(n m) d -> n m d", n=self.n)
-        self.scores = retrieval_scores(self.query, q_emb).expand(self.B, -1, -1).clone()  # [B, n, m]
+        if self.retrieval_key == "entry":  # question + current answer
+            keys = [f"{q}\n{a}" for qs, ans in zip(kb.questions, kb.answers) for q, a in zip(qs, ans)]
+        else:  # SPEC: the stored question
+            keys = [q for row in kb.questions for q in row]
+        key_emb = rearrange(embedder.documents(keys), "(n m) d -> n m d", n=self.n)
+        self.scores = retrieval_scores(self.query, key_emb).expand(self.B, -1, -1).clone()  # [B, n, m]
         self.top_r = int(cfg.retrieval.top_r)
 
         # the KB's answers are texts 0 .. n*m-1, shared by every population at the start

@@ -126,3 +126,17 @@ def test_malformed_kb_file_is_refused(tmp_path):
     bad.write_text(json.dumps({"topic": "flower", "labels": ["Rose"], "agents": [{"label": "Rose", "entries": []}]}))
     r = run_cli("trial=smoke", f"kb={bad}", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 2 and "error:" in r.stderr and str(bad) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_top_r_every_step_retrieval_and_centroid_labeler(tmp_path):
+    r = run_cli("trial=smoke", "trial.steps=2", "trial.window=2", "retrieval.top_r=2", "retrieval.every_step=true",
+                "retrieval.key=entry", "labeler=centroid", f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    tr = read_jsonl(tmp_path / "transcript.jsonl")
+    # two retrieved entries per context, the flower answer first at t=0
+    assert all(len(d["context"].split("\n")) >= 2 for d in tr)
+    from tensorsim.knowledge import load_kb
+    kb = load_kb()
+    assert [d["context"].split("\n")[0] for d in tr if d["t"] == 0] == [row[0] for row in kb.answers[:6]]
+    # the centroid labeler always names a flower
+    assert all(int(a["label"]) >= 0 for a in read_csv(tmp_path / "agents.csv"))
