@@ -57,7 +57,7 @@ import torch
 
 from . import graph, interact, rng
 from .errors import UserError
-from .gmm_neighbours import knn_brute, knn_pruned, sqdist  # noqa: F401  (sqdist: re-exported for tests)
+from .gmm_neighbours import knn_brute, knn_pruned
 from .populations import Populations
 from .step import StepRecord
 
@@ -264,7 +264,7 @@ class GMMAgents:
 
     @torch.inference_mode()
     def step(self, t: int) -> StepRecord:
-        B, n, C, m, D = self.B, self.n, self.C, self.m, self.D
+        B, n, D = self.B, self.n, self.D
         pops, dev = self.pops, self.device
         mirrored = interact.mirror_coins(pops.seeds, pops.p, t, n)  # [B, n]
         if bool(mirrored.all()):

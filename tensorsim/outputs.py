@@ -16,8 +16,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from .patterns import label_name
 from .populations import Populations
 

@@ -625,7 +625,7 @@ def _names_from_agents(path: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------- report
 
 def phase_markdown(stats: dict, window: int, sources: str, notes: list[str]) -> str:
-    lines = [f"# Phase diagram over (k, p)", "", f"Runs from {sources}. Final silos: mean ± sample sd over runs. "
+    lines = ["# Phase diagram over (k, p)", "", f"Runs from {sources}. Final silos: mean ± sample sd over runs. "
              f"Patterns: share of runs. Last change: median step of the last label change. "
              f"S̄: mean stability over the last {window} steps.", "",
              "| k | p | runs | final silos | single | stable | unstable | decaying | last change | S̄ | final E |",

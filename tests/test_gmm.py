@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, run_cli
-from tensorsim import gmm, interact, rng
+from tensorsim import gmm, gmm_neighbours, interact, rng
 from tensorsim.gmm import GMMAgents
 from tensorsim.populations import build_populations
 
@@ -250,9 +250,9 @@ def test_neighbours_match_reference_including_ties():
     w_eq = ref_initial_weights(n, n)[None]  # every pair at the same distance
     for arr in (w, w_tie, w_eq):
         ref = np.stack([ref_neighbours(arr, i, k) for i in range(n)], 1)
-        assert torch.equal(gmm.knn_brute(t64(arr), k), t64(ref))
-        assert torch.equal(gmm.knn_pruned(t64(arr), k, leaf_size=8), t64(ref))
-    assert gmm.knn_pruned(t64(w_eq), 3)[0, 0].tolist() == [1, 2, 3]
+        assert torch.equal(gmm_neighbours.knn_brute(t64(arr), k), t64(ref))
+        assert torch.equal(gmm_neighbours.knn_pruned(t64(arr), k, leaf_size=8), t64(ref))
+    assert gmm_neighbours.knn_pruned(t64(w_eq), 3)[0, 0].tolist() == [1, 2, 3]
 
 
 def test_pruned_knn_is_exact_on_clustered_and_tied_points():
@@ -260,7 +260,7 @@ def test_pruned_knn_is_exact_on_clustered_and_tied_points():
 
     def brute(x, k):
         n = x.shape[1]
-        ex = gmm.sqdist(x[:, :, None, :], x[:, None, :, :]).masked_fill(torch.eye(n, dtype=torch.bool), math.inf)
+        ex = gmm_neighbours.sqdist(x[:, :, None, :], x[:, None, :, :]).masked_fill(torch.eye(n, dtype=torch.bool), math.inf)
         return torch.sort(ex, dim=-1, stable=True).indices[..., :k]
 
     for trial in range(6):
@@ -270,7 +270,7 @@ def test_pruned_knn_is_exact_on_clustered_and_tied_points():
             x = (x * 3).round() / 3  # massive exact ties
         elif trial % 4 == 1:
             x = torch.softmax(torch.randn(2, n, d, dtype=torch.float64) * 15, -1)  # near one-hot, like GMM weights
-        got = gmm.knn_pruned(x, k, argmax_groups=trial % 2 == 1, leaf_size=[32, 64, 1000][trial % 3],
+        got = gmm_neighbours.knn_pruned(x, k, argmax_groups=trial % 2 == 1, leaf_size=[32, 64, 1000][trial % 3],
                              margin=trial % 3)
         assert torch.equal(got, brute(x, k)), trial
 

@@ -11,7 +11,6 @@ import torch
 
 from conftest import ROOT, run_cli
 from tensorsim import rng
-from tensorsim.errors import NonFiniteError as RunNonFinite
 from tensorsim.generate import Generator, NonFiniteError, SamplingConfig
 from tensorsim.knowledge import load_kb
 from tensorsim.prompts import PAPER_TEMPLATE, PromptBuilder
