@@ -11,6 +11,7 @@ from .populations import as_list
 AGENT_KINDS = ("llm", "gmm")
 LABELERS = ("name", "centroid")
 RETRIEVAL_KEYS = ("question", "entry")
+ENGINES = ("auto", "fast", "hf")
 
 
 def _is_int(v) -> bool:
@@ -80,6 +81,7 @@ def validate_llm(cfg) -> None:
          "an integer >= 1")
     need(_is_int(g.max_retries) and g.max_retries >= 0, "generation.max_retries", g.max_retries, "an integer >= 0")
     need(_is_int(g.max_rows) and g.max_rows >= 1, "generation.max_rows", g.max_rows, "an integer >= 1")
+    need(g.get("engine", "auto") in ENGINES, "generation.engine", g.get("engine"), f"one of {', '.join(ENGINES)}")
     budget = g.get("memory_budget_gb")
     need(budget is None or (_is_num(budget) and budget > 0), "generation.memory_budget_gb", budget,
          "null or a number of GiB > 0")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from . import rng
+from .errors import UserError
+from .llama import FastLlama, KVCache, unsupported_reason
 
 
 class NonFiniteError(FloatingPointError):
@@ -39,6 +41,7 @@ class SamplingConfig:
     dedup_prompts: bool = True
     early_exit: bool = True
     max_rows: int = 256  # rows per forward pass (micro-batch)
+    engine: str = "auto"  # auto (fast for LLaMA models, else hf) | fast (tensorsim.llama) | hf (transformers)
     memory_budget_gb: float | None = None  # caps rows so their KV cache fits this budget
 
 
@@ -136,6 +139,21 @@ class Generator:
         self.stats = GenerationStats()
         self.max_rows = cfg.max_rows
         self.kv_per_token = kv_bytes_per_token(model.config, next(model.parameters()).dtype)
+        self.fast = self._fast_model(model, cfg.engine)
+
+    @staticmethod
+    def _fast_model(model, engine: str):
+        """FastLlama over the model's weights where asked for and possible; None means the HF path."""
+        if engine == "hf":
+            return None
+        reason = unsupported_reason(model)
+        if reason is None:
+            if not hasattr(model, "_tensorsim_fast"):
+                model._tensorsim_fast = FastLlama(model)  # one per model: it fuses the weights in place
+            return model._tensorsim_fast
+        if engine == "fast":
+            raise UserError(f"generation.engine=fast cannot run this model: {reason} (allowed: auto, hf)")
+        return None
 
     def rows_for_budget(self, prompt_len: int) -> int:
         """Micro-batch size: max_rows, lowered so that the rows' KV cache fits memory_budget_gb."""
@@ -175,8 +193,6 @@ class Generator:
             raise NonFiniteError(rows[~finite].tolist())
 
     def _generate_chunk(self, prompts, row_keys, offset: int = 0):
-        from transformers import DynamicCache
-
         cfg, dev = self.cfg, self.device
         N = len(prompts)
         # rows asking the same prompt share one prefill
@@ -187,22 +203,16 @@ class Generator:
         else:
             inverse, unique_prompts = list(range(N)), prompts
         U = len(unique_prompts)
-        cache = DynamicCache()
         P = common_prefix_len(unique_prompts) if (cfg.share_prefix and U > 1) else 0
-        if P:
-            prefix = torch.tensor([unique_prompts[0][:P]], device=dev)
-            prefill(self.model, prefix, torch.ones_like(prefix), cache)
-            cache.batch_repeat_interleave(U)
-        ids, mask = left_pad([p[P:] for p in unique_prompts], self.pad_id, dev)
-        mask = torch.cat([torch.ones(U, P, dtype=mask.dtype, device=dev), mask], dim=1)  # [U, P+S]
-        logits = prefill(self.model, ids, mask, cache)  # [U, V]
+        session = self._session()
+        logits = session.start(unique_prompts, P, cfg.max_new_tokens)  # [U, V]
         self.check_finite(logits, torch.tensor([inverse.index(u) for u in range(U)]) + offset)
-        self.stats.prefill_tokens += P + int(mask[:, P:].sum())
+        self.stats.prefill_tokens += P + sum(len(p) - P for p in unique_prompts)
         self.stats.forward_rows += U
-        if U != N or cfg.dedup_prompts:
+        if cfg.dedup_prompts:
             rows = torch.tensor(inverse, device=dev)
-            cache.batch_select_indices(rows)
-            mask, logits = mask[rows], logits[rows]
+            session.select(rows)
+            logits = logits[rows]
 
         generated = [[] for _ in range(N)]
         active = torch.arange(N, device=dev)  # original row of each batch row
@@ -221,10 +231,76 @@ class Generator:
                 break
             if cfg.early_exit and bool(finished.any()):
                 idx = (~finished).nonzero().squeeze(-1)
-                cache.batch_select_indices(idx)
-                active, token, mask, finished = active[idx], token[idx], mask[idx], finished[idx]
-            mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=mask.dtype, device=dev)], dim=1)
-            position = mask.sum(-1, keepdim=True) - 1  # [A, 1]
-            logits = decode_one_token(self.model, token[:, None], mask, position, cache)
+                session.select(idx)
+                active, token, finished = active[idx], token[idx], finished[idx]
+            logits = self._decode(session, token)
             self.check_finite(logits, active.cpu() + offset)
         return generated
+
+    def _session(self):
+        return FastSession(self.fast, self.pad_id) if self.fast is not None else HFSession(self.model, self.pad_id)
+
+    def _decode(self, session, token):
+        """token: [A] -> logits [A, V] (a method, so tests can intercept the logits)."""
+        return session.decode(token)
+
+
+class HFSession:
+    """One chunk's decoding state on the transformers model (any architecture): DynamicCache + mask."""
+
+    def __init__(self, model, pad_id: int):
+        self.model, self.pad_id = model, pad_id
+        self.device = next(model.parameters()).device
+
+    def start(self, prompts: list[list[int]], P: int, max_new_tokens: int) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        dev, U = self.device, len(prompts)
+        self.cache = DynamicCache()
+        if P:
+            prefix = torch.tensor([prompts[0][:P]], device=dev)
+            prefill(self.model, prefix, torch.ones_like(prefix), self.cache)
+            self.cache.batch_repeat_interleave(U)
+        ids, mask = left_pad([p[P:] for p in prompts], self.pad_id, dev)
+        self.mask = torch.cat([torch.ones(U, P, dtype=mask.dtype, device=dev), mask], dim=1)  # [U, P+S]
+        return prefill(self.model, ids, self.mask, self.cache)
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask[rows]
+
+    def decode(self, token: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, torch.ones(self.mask.shape[0], 1, dtype=self.mask.dtype,
+                                                     device=self.mask.device)], dim=1)
+        position = self.mask.sum(-1, keepdim=True) - 1  # [A, 1]
+        return decode_one_token(self.model, token[:, None], self.mask, position, self.cache)
+
+
+class FastSession:
+    """One chunk's decoding state on FastLlama: static KV cache, shared prefix stored once.
+
+    Rows that finish are dropped lazily: they ride along (their logits are not computed) until a
+    quarter of the cache rows are dead, then the cache is compacted in one copy."""
+
+    def __init__(self, fast, pad_id: int):
+        self.fast = fast
+
+    def start(self, prompts: list[list[int]], P: int, max_new_tokens: int) -> torch.Tensor:
+        prefix = self.fast.prefix_cache(prompts[0][:P]) if P else None
+        logits, self.cache = self.fast.prefill([p[P:] for p in prompts], prefix, extra=KVCache.GROW)
+        self.live = torch.arange(len(prompts), device=logits.device)  # cache row of each batch row
+        return logits
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.live = self.live[rows]
+        dead = self.cache.rows - self.live.numel()
+        if dead < 0 or dead >= max(1, self.cache.rows // 4) or self.live.unique().numel() != self.live.numel():
+            self.cache = self.cache.reshaped(self.live, self.cache.k.shape[3])
+            self.live = torch.arange(self.live.numel(), device=self.live.device)
+
+    def decode(self, token: torch.Tensor) -> torch.Tensor:
+        self.cache = self.cache.ensure_room()
+        full = token.new_zeros(self.cache.rows)
+        full[self.live] = token
+        live = None if self.live.numel() == self.cache.rows else self.live
+        return self.fast.decode(full, self.cache, live)

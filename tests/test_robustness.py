@@ -84,15 +84,14 @@ def test_memory_budget_sets_rows_per_pass(small_llm):
 def test_non_finite_logits_name_the_rows(small_llm, monkeypatch):
     model, tok = small_llm
     gen = Generator(model, tok, SamplingConfig(max_new_tokens=4))
-    import tensorsim.generate as g
-    real = g.decode_one_token
+    real = gen._decode
 
     def poisoned(*a, **k):
         logits = real(*a, **k)
         logits[1] = float("nan")
         return logits
 
-    monkeypatch.setattr(g, "decode_one_token", poisoned)
+    monkeypatch.setattr(gen, "_decode", poisoned)
     with pytest.raises(NonFiniteError) as e:
         gen(_prompts(tok, 3), rng.mix(0, torch.arange(3)))
     assert e.value.rows == [1]

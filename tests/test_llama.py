@@ -1,0 +1,135 @@
+"""tensorsim.llama (the fast LLaMA forward) against the transformers forward it replaces."""
+import pytest
+import torch
+
+from tensorsim import rng
+from tensorsim.errors import UserError
+from tensorsim.generate import Generator, SamplingConfig
+from tensorsim.knowledge import load_kb
+from tensorsim.llama import FastLlama, KVCache, unsupported_reason
+from tensorsim.prompts import PAPER_TEMPLATE, PromptBuilder
+
+
+def _tiny(model_cls_name="LlamaForCausalLM", **overrides):
+    import transformers
+
+    torch.manual_seed(0)
+    config_cls = getattr(transformers, model_cls_name.replace("ForCausalLM", "Config"))
+    kw = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, vocab_size=300, max_position_embeddings=256)
+    kw.update(overrides)
+    model = getattr(transformers, model_cls_name)(config_cls(**kw)).eval()
+    with torch.no_grad():  # random, non-trivial norms and biases
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.normal_(1.0 if "norm" in name else 0.0, 0.2)
+    return model
+
+
+def _reference_last_logits(model, seqs):
+    with torch.inference_mode():
+        return torch.stack([model(input_ids=torch.tensor([s])).logits[0, -1] for s in seqs])
+
+
+def _check_against_transformers(model, prefix, suffixes, steps=3, atol=1e-4):
+    """Prefill (shared prefix + packed suffixes), then greedy decode steps, dropping and reordering rows
+    on the way: every logit row equals the transformers forward over the same full sequence."""
+    fast = FastLlama(model)
+    with torch.inference_mode():
+        cache = fast.prefix_cache(prefix) if prefix else None
+        logits, cache = fast.prefill(suffixes, cache, extra=1)  # extra=1: forces the cache to grow
+        seqs = [prefix + s for s in suffixes]
+        scale = logits.abs().max()
+        assert torch.allclose(logits, _reference_last_logits(model, seqs), atol=atol * scale, rtol=0)
+        for step in range(steps):
+            nxt = logits.argmax(-1)
+            seqs = [s + [int(t)] for s, t in zip(seqs, nxt)]
+            if step == 1:  # keep the last row and the first, in that order
+                keep = torch.tensor([len(seqs) - 1, 0])
+                cache = cache.reshaped(keep, cache.k.shape[3])
+                seqs, nxt = [seqs[-1], seqs[0]], nxt[keep]
+            cache = cache.ensure_room()
+            logits = fast.decode(nxt, cache)
+            assert torch.allclose(logits, _reference_last_logits(model, seqs), atol=atol * scale, rtol=0)
+    return cache
+
+
+def test_matches_transformers_on_the_embedded_model(small_llm):
+    model, tok = small_llm
+    g = torch.Generator().manual_seed(0)
+    prefix = torch.randint(0, 40000, (7,), generator=g).tolist()
+    suffixes = [torch.randint(0, 40000, (n,), generator=g).tolist() for n in (5, 9, 3)]
+    cache = _check_against_transformers(model, prefix, suffixes)
+    assert cache.prefix_len == 7 and cache.rows == 2 and cache.lengths.tolist() == [3 + 3, 5 + 3]
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(),  # grouped-query attention, tied nothing
+    dict(attention_bias=True, num_key_value_heads=4, tie_word_embeddings=True),
+    dict(rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+])
+def test_matches_transformers_on_llama_variants(overrides):
+    model = _tiny(**overrides)
+    _check_against_transformers(model, [5, 6, 7, 8], [[9, 10, 11], [12], [13, 14, 15, 16, 17]], steps=4)
+    _check_against_transformers(_tiny(**overrides), [], [[1, 2, 3], [4, 5]], steps=2)  # no shared prefix
+
+
+def test_fused_weights_are_views_so_the_model_is_unchanged():
+    model = _tiny()
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9]])
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits
+        fast = FastLlama(model)
+        after = model(input_ids=ids).logits
+    assert torch.equal(before, after)
+    attn = model.model.layers[0].self_attn
+    fused = fast.layers[0]["wqkv"]
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
+
+
+def test_unsupported_models_fall_back_or_are_refused():
+    mistral = _tiny("MistralForCausalLM")
+    assert "model_type='mistral'" in unsupported_reason(mistral)
+    assert Generator._fast_model(mistral, "auto") is None
+    with pytest.raises(UserError, match="generation.engine=fast cannot run this model: model_type='mistral'"):
+        Generator._fast_model(mistral, "fast")
+    assert unsupported_reason(_tiny()) is None
+
+
+def test_cache_grows_and_compacts_without_losing_tokens():
+    model = _tiny()
+    fast = FastLlama(model)
+    with torch.inference_mode():
+        _, cache = fast.prefill([[1, 2, 3], [4, 5]], None, extra=0)
+        assert cache.k.shape[3] == 3 and cache.lengths.tolist() == [3, 2]
+        grown = cache.ensure_room()
+        assert grown.k.shape[3] == 3 + KVCache.GROW
+        assert torch.equal(grown.k[..., :3, :], cache.k)
+        assert grown.k[..., 3:, :].abs().sum() == 0  # unwritten slots are zero, never stale memory
+        picked = grown.reshaped(torch.tensor([1, 1]), 8)
+        assert picked.lengths.tolist() == [2, 2] and torch.equal(picked.k[:, 0, :, :2], cache.k[:, 1, :, :2])
+
+
+def _prompts(tok, n):
+    kb = load_kb()
+    return PromptBuilder(tok, PAPER_TEMPLATE, "The prettiest flower is")([kb.answers[i][0] for i in range(n)])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.75])
+def test_fast_and_transformers_engines_give_the_same_answers(small_llm, temperature):
+    model, tok = small_llm
+    prompts = _prompts(tok, 6)
+    prompts.insert(3, prompts[1])  # a duplicate prompt
+    keys = rng.mix(9, torch.arange(len(prompts)))
+    answers = {}
+    for engine in ("fast", "hf"):
+        gen = Generator(model, tok, SamplingConfig(temperature=temperature, max_new_tokens=30, engine=engine))
+        assert (gen.fast is not None) == (engine == "fast")
+        answers[engine] = gen(prompts, keys)
+    assert answers["fast"] == answers["hf"]
+    # past the first cache chunk (32 tokens), without sentence stops
+    lists = PromptBuilder(tok, "Name fifty flowers, one per line. {context}", "1.")(["Roses first."] * 2)
+    long = {e: Generator(model, tok, SamplingConfig(temperature=0.0, max_new_tokens=45, stop_at_sentence_end=False,
+                                                    engine=e))(lists, keys[:2]) for e in ("fast", "hf")}
+    assert long["fast"] == long["hf"] and max(len(a) for a in long["fast"]) > KVCache.GROW
