@@ -1,6 +1,7 @@
-"""Decode throughput of a random-weight LLaMA-2-7B-shaped model (no weights needed), with tensorsim's
-decode loop: tokens/s and achieved memory bandwidth next to the device's bound, and the projected time
-of the authors' full grid (1,360 runs x 80 steps x 30 agents = 3.26M generations).
+"""Decode throughput of a random-weight LLaMA-2-7B-shaped model (no weights needed), for both engines
+(fast: tensorsim.llama with its static KV cache and CUDA-graph replay; hf: the transformers forward):
+tokens/s and achieved memory bandwidth next to the device's bound, and the projected time of the
+authors' full grid (1,360 runs x 80 steps x 30 agents = 3.26M generations).
 
     python bench/gpu_decode.py --batch 30 240          # on a GPU, bf16
     python bench/gpu_decode.py --tiny --device cpu     # the same code path on a tiny model
@@ -44,27 +45,42 @@ def build_model(tiny: bool, device, dtype):
     return model.eval(), cfg
 
 
-def bench_batch(model, cfg, batch: int, prompt_len: int, new_tokens: int, device) -> dict:
+def bench_batch(model, cfg, batch: int, prompt_len: int, new_tokens: int, device, engine: str, fast=None) -> dict:
+    """Prefill `batch` random prompts, then time `new_tokens` greedy decode steps with one engine:
+    fast (tensorsim.llama, static KV cache; CUDA-graph replay on a GPU) or hf (transformers forward)."""
     from transformers import DynamicCache
 
+    from tensorsim.llama import GraphedDecode
+
     ids = torch.randint(3, cfg.vocab_size, (batch, prompt_len), device=device)
-    mask = torch.ones_like(ids)
     with torch.inference_mode():
-        cache = DynamicCache()
-        with Timer() as tp:
-            logits = prefill(model, ids, mask, cache)
-        token = logits.argmax(-1, keepdim=True)
-        with Timer() as td:
-            for _ in range(new_tokens):
-                mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], 1)
-                logits = decode_one_token(model, token, mask, mask.sum(-1, keepdim=True) - 1, cache)
-                token = logits.argmax(-1, keepdim=True)
+        if engine == "fast":
+            seqs = ids.tolist()
+            with Timer() as tp:
+                logits, cache = fast.prefill(seqs, None, extra=new_tokens + 1)
+            decode = GraphedDecode(fast) if device.type == "cuda" else fast.decode
+            token = logits.argmax(-1)
+            decode(token, cache)  # capture (CUDA) outside the timed loop
+            with Timer() as td:
+                for _ in range(new_tokens):
+                    token = decode(token, cache).argmax(-1)
+        else:
+            mask = torch.ones_like(ids)
+            cache = DynamicCache()
+            with Timer() as tp:
+                logits = prefill(model, ids, mask, cache)
+            token = logits.argmax(-1, keepdim=True)
+            with Timer() as td:
+                for _ in range(new_tokens):
+                    mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], 1)
+                    logits = decode_one_token(model, token, mask, mask.sum(-1, keepdim=True) - 1, cache)
+                    token = logits.argmax(-1, keepdim=True)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     kv_bytes_avg = (2 * cfg.num_hidden_layers * cfg.hidden_size * batch * (prompt_len + new_tokens / 2)
                     * model.dtype.itemsize)
     step_s = td.seconds / new_tokens
-    return {"batch": batch, "prefill_s": round(tp.seconds, 4), "decode_step_ms": round(step_s * 1e3, 3),
-            "decode_tokens_per_s": round(batch / step_s, 1),
+    return {"engine": engine, "batch": batch, "prefill_s": round(tp.seconds, 4),
+            "decode_step_ms": round(step_s * 1e3, 3), "decode_tokens_per_s": round(batch / step_s, 1),
             "achieved_GBps": round((weight_bytes + kv_bytes_avg) / step_s / 1e9, 1)}
 
 
@@ -75,14 +91,18 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=48, help="decode steps timed (answers average ~40 tokens)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="a tiny LLaMA instead of the 7B shape")
+    ap.add_argument("--engines", nargs="*", default=["fast", "hf"], choices=["fast", "hf"])
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, cfg = build_model(args.tiny, device, dtype)
     bound = next((v for k, v in BANDWIDTH.items() if k in device_name()), None)
+    from tensorsim.llama import FastLlama
+
+    fast = FastLlama(model)
     rows = []
-    for b in args.batch:
-        r = bench_batch(model, cfg, b, args.prompt_len, args.new_tokens, device)
+    for engine, b in [(e, b) for b in args.batch for e in args.engines]:
+        r = bench_batch(model, cfg, b, args.prompt_len, args.new_tokens, device, engine, fast)
         if bound:
             r["bandwidth_bound_GBps"] = bound / 1e9
             r["share_of_bound"] = round(r["achieved_GBps"] * 1e9 / bound, 3)

@@ -20,7 +20,7 @@ import torch
 
 from . import rng
 from .errors import UserError
-from .llama import FastLlama, KVCache, unsupported_reason
+from .llama import FastLlama, GraphedDecode, KVCache, unsupported_reason
 
 
 class NonFiniteError(FloatingPointError):
@@ -42,6 +42,7 @@ class SamplingConfig:
     early_exit: bool = True
     max_rows: int = 256  # rows per forward pass (micro-batch)
     engine: str = "auto"  # auto (fast for LLaMA models, else hf) | fast (tensorsim.llama) | hf (transformers)
+    cuda_graphs: bool = True  # fast engine on CUDA: decode replays a captured CUDA graph
     memory_budget_gb: float | None = None  # caps rows so their KV cache fits this budget
 
 
@@ -238,7 +239,10 @@ class Generator:
         return generated
 
     def _session(self):
-        return FastSession(self.fast, self.pad_id) if self.fast is not None else HFSession(self.model, self.pad_id)
+        if self.fast is None:
+            return HFSession(self.model, self.pad_id)
+        graphs = self.cfg.cuda_graphs and self.device.type == "cuda"
+        return FastSession(self.fast, GraphedDecode(self.fast) if graphs else None)
 
     def _decode(self, session, token):
         """token: [A] -> logits [A, V] (a method, so tests can intercept the logits)."""
@@ -282,8 +286,8 @@ class FastSession:
     Rows that finish are dropped lazily: they ride along (their logits are not computed) until a
     quarter of the cache rows are dead, then the cache is compacted in one copy."""
 
-    def __init__(self, fast, pad_id: int):
-        self.fast = fast
+    def __init__(self, fast, graphed: GraphedDecode | None = None):
+        self.fast, self.graphed = fast, graphed
 
     def start(self, prompts: list[list[int]], P: int, max_new_tokens: int) -> torch.Tensor:
         prefix = self.fast.prefix_cache(prompts[0][:P]) if P else None
@@ -303,4 +307,6 @@ class FastSession:
         full = token.new_zeros(self.cache.rows)
         full[self.live] = token
         live = None if self.live.numel() == self.cache.rows else self.live
+        if self.graphed is not None:
+            return self.graphed(full, self.cache, live)
         return self.fast.decode(full, self.cache, live)

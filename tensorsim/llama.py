@@ -238,13 +238,17 @@ class FastLlama:
         pk, pv = c.k[:, 0].contiguous(), c.v[:, 0].contiguous()  # [L, H_kv, P, D]
         return KVCache(pk, pv, None, None, None)
 
-    def decode(self, tokens: torch.Tensor, cache: KVCache, live: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, cache: KVCache, live: torch.Tensor | None = None,
+               span: int | None = None) -> torch.Tensor:
         """One new token per row. tokens: [N]; live: rows whose logits are wanted (all if None)
-        -> logits [len(live), V]. Writes each row's keys/values at its own length, then advances it."""
+        -> logits [len(live), V]. Writes each row's keys/values at its own length, then advances it.
+        span: cache positions attended (default: the longest row + 1); a fixed span makes every shape
+        static, which CUDA graphs need (positions past a row's length are masked, so the result is
+        the same)."""
         N, dev = tokens.shape[0], self.device
         pos = cache.prefix_len + cache.lengths  # [N]
         cos, sin = self.rope_tables(pos)
-        T = cache.used() + 1
+        T = cache.used() + 1 if span is None else span
         allowed = (torch.arange(T, device=dev) <= cache.lengths[:, None])[:, None, None, None]  # [N,1,1,1,T]
         rows = torch.arange(N, device=dev)
         g = self.H // self.H_kv
@@ -259,3 +263,38 @@ class FastLlama:
             x = self.finish_layer(layer, x, out.reshape(N, self.H * self.D))
         cache.lengths += 1
         return self.logits(x if live is None else x[live])
+
+
+class GraphedDecode:
+    """FastLlama.decode captured as a CUDA graph for one cache (fixed rows) and a span of cache
+    positions, replayed for every token: one launch instead of ~20 kernels per layer, which is what
+    holds a batch-30 decode step of a 7B model back from the memory-bandwidth bound. The span is a
+    multiple of KVCache.GROW, so a graph serves 32 tokens before the next capture; a new cache (rows
+    compacted) is captured anew. CUDA only."""
+
+    def __init__(self, fast: FastLlama):
+        self.fast = fast
+        self.cache, self.span, self.graph = None, None, None
+
+    def _capture(self, cache: KVCache, span: int) -> None:
+        self.cache = self.graph = self.logits = None  # free the old graph and the cache it holds first
+        self.tokens = torch.zeros(cache.rows, dtype=torch.long, device=cache.k.device)
+        lengths = cache.lengths.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph (allocator, lazy kernel init)
+            self.fast.decode(self.tokens, cache, span=span)
+        torch.cuda.current_stream().wait_stream(side)
+        cache.lengths.copy_(lengths)  # the warm-up advanced them; its writes sit past every length, masked
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self.fast.decode(self.tokens, cache, span=span)
+        self.cache, self.span = cache, span  # held: the graph writes into this cache's memory
+
+    def __call__(self, tokens: torch.Tensor, cache: KVCache, live: torch.Tensor | None = None) -> torch.Tensor:
+        span = min(cache.k.shape[3], -(-(cache.used() + 1) // KVCache.GROW) * KVCache.GROW)
+        if cache is not self.cache or span != self.span:
+            self._capture(cache, span)
+        self.tokens.copy_(tokens)
+        self.graph.replay()
+        return self.logits if live is None else self.logits[live]

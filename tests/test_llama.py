@@ -6,7 +6,7 @@ from tensorsim import rng
 from tensorsim.errors import UserError
 from tensorsim.generate import Generator, SamplingConfig
 from tensorsim.knowledge import load_kb
-from tensorsim.llama import FastLlama, KVCache, unsupported_reason
+from tensorsim.llama import FastLlama, GraphedDecode, KVCache, unsupported_reason
 from tensorsim.prompts import PAPER_TEMPLATE, PromptBuilder
 
 
@@ -133,3 +133,36 @@ def test_fast_and_transformers_engines_give_the_same_answers(small_llm, temperat
     long = {e: Generator(model, tok, SamplingConfig(temperature=0.0, max_new_tokens=45, stop_at_sentence_end=False,
                                                     engine=e))(lists, keys[:2]) for e in ("fast", "hf")}
     assert long["fast"] == long["hf"] and max(len(a) for a in long["fast"]) > KVCache.GROW
+
+
+def _decode_twice(fast, make_decode, seqs, steps=5):
+    """Greedy decode from a prefill with `make_decode(cache)` -> list of logits per step."""
+    with torch.inference_mode():
+        logits, cache = fast.prefill(seqs, fast.prefix_cache([7, 8, 9]), extra=KVCache.GROW)
+        decode, out = make_decode(), []
+        for _ in range(steps):
+            cache = cache.ensure_room()
+            logits = decode(logits.argmax(-1), cache).clone()
+            out.append(logits)
+    return out
+
+
+def test_a_fixed_attention_span_gives_the_same_logits():
+    """CUDA graphs need static shapes: decode over a fixed span of cache positions (masked past each
+    row's length) must equal decode over just the used positions."""
+    fast = FastLlama(_tiny())
+    seqs = [[1, 2, 3, 4], [5, 6], [10, 11, 12, 13, 14, 15]]
+    dynamic = _decode_twice(fast, lambda: fast.decode, seqs)
+    fixed = _decode_twice(fast, lambda: (lambda tok, cache: fast.decode(tok, cache, span=cache.k.shape[3])), seqs)
+    for a, b in zip(dynamic, fixed):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_decode_matches_eager():
+    fast = FastLlama(_tiny().cuda())
+    seqs = [[1, 2, 3, 4], [5, 6], [10, 11, 12, 13, 14, 15]]
+    eager = _decode_twice(fast, lambda: fast.decode, seqs, steps=40)  # crosses a span boundary (32)
+    graphed = _decode_twice(fast, lambda: GraphedDecode(fast), seqs, steps=40)
+    for a, b in zip(eager, graphed):
+        assert torch.allclose(a, b, atol=1e-4)
