@@ -144,6 +144,7 @@ class FastLlama:
                                     w_gate_up=w_gate_up, w_down=m.down_proj.weight))
         self.dtype, self.device = self.embed.dtype, self.embed.device
         self.scale = self.D ** -0.5
+        self.graph_error: str | None = None  # set when a CUDA graph capture failed: decode eagerly after
 
     # -- pieces ------------------------------------------------------------------------------------
     def rope_tables(self, positions: torch.Tensor):
@@ -306,9 +307,20 @@ class GraphedDecode:
         self.cache, self.span = cache, span  # held: the graph writes into this cache's memory
 
     def __call__(self, tokens: torch.Tensor, cache: KVCache, live: torch.Tensor | None = None) -> torch.Tensor:
+        if self.fast.graph_error is not None:
+            return self.fast.decode(tokens, cache, live)
         span = min(cache.k.shape[3], -(-(cache.used() + 1) // KVCache.GROW) * KVCache.GROW)
         if cache is not self.cache or span != self.span:
-            self._capture(cache, span)
+            lengths = cache.lengths.clone()
+            try:
+                self._capture(cache, span)
+            except RuntimeError as e:  # an op this torch/driver cannot capture: stay correct, go eager
+                self.cache = self.graph = self.logits = None
+                cache.lengths.copy_(lengths)
+                self.fast.graph_error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                print(f"[tensorsim] CUDA graph capture failed ({self.fast.graph_error}); decoding without "
+                      f"graphs (generation.cuda_graphs=false silences this)", flush=True)
+                return self.fast.decode(tokens, cache, live)
         self.tokens.copy_(tokens)
         self.graph.replay()
         return self.logits if live is None else self.logits[live]

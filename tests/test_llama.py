@@ -169,3 +169,20 @@ def test_cuda_graph_decode_matches_eager():
     graphed = _decode_twice(fast, lambda: GraphedDecode(fast), seqs, steps=40)
     for a, b in zip(eager, graphed):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_a_failed_graph_capture_falls_back_to_eager_decoding(monkeypatch, capsys):
+    fast = FastLlama(_tiny())
+    seqs = [[1, 2, 3, 4], [5, 6]]
+
+    def fails(self, cache, span):
+        fast.decode(torch.zeros(cache.rows, dtype=torch.long), cache, span=span)  # advances lengths, as a warm-up
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(GraphedDecode, "_capture", fails)
+    eager = _decode_twice(fast, lambda: fast.decode, seqs)
+    fallback = _decode_twice(fast, lambda: GraphedDecode(fast), seqs)
+    for a, b in zip(eager, fallback):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert fast.graph_error == "operation not permitted when stream is capturing"
+    assert capsys.readouterr().out.count("CUDA graph capture failed") == 1  # said once, then eager
