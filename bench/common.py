@@ -45,9 +45,11 @@ def build_llm_engine(cfg, model=None, tokenizer=None, embedder=None):
     """An LLMAgents engine for cfg (reusing loaded models when given) -> (engine, model, tok, embedder)."""
     from tensorsim.knowledge import load_kb
     from tensorsim.llm_agents import LLMAgents
+    from tensorsim.memory import keep_freed_memory
     from tensorsim.models import Embedder, load_llm, resolve_device, resolve_dtype
     from tensorsim.populations import build_populations
 
+    keep_freed_memory()  # as simulate() does: the engine and the sequential reference both get it
     device = resolve_device(cfg.device)
     if model is None:
         model, tokenizer = load_llm(cfg.model, device, resolve_dtype(cfg.dtype, device))

@@ -46,6 +46,9 @@ class SamplingConfig:
     memory_budget_gb: float | None = None  # caps rows so their KV cache fits this budget
 
 
+SAMPLE_BLOCK = 256  # vocabulary block of the two-level inverse-CDF search
+
+
 def sample(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """Draw one token per row by inverse CDF. logits: [N, V], u: [N] in [0,1) -> [N]."""
     if temperature <= 0:
@@ -55,10 +58,32 @@ def sample(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: flo
         probs, order = torch.sort(probs, dim=-1, descending=True)
         # nucleus: keep the smallest head whose mass reaches top_p (the top token always stays)
         probs = probs * ((probs.cumsum(-1) - probs) < top_p)
-    cdf = probs.cumsum(-1)  # [N, V]
-    target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
-    j = torch.searchsorted(cdf, target, right=True).clamp_max(cdf.shape[-1] - 1)  # [N, 1]
-    return (order.gather(-1, j) if top_p < 1.0 else j).squeeze(-1)
+        return order.gather(-1, inverse_cdf(probs, u)[:, None]).squeeze(-1)
+    return inverse_cdf(probs, u)
+
+
+def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The index i with cdf[i-1] <= u * total < cdf[i], per row, for non-negative weights [N, V].
+
+    Two levels instead of one cumsum over V: block sums -> the block holding the target -> a cumsum
+    of that block only (49k-token vocabulary at 240 rows: the cumsum alone took 25 ms of a 78 ms draw
+    on 2 cores). Float rounding between the levels can push the target past a block's last weight;
+    the draw then takes the block's last token of positive weight, never one of weight zero."""
+    N, V = weights.shape
+    B = SAMPLE_BLOCK
+    blocks = -(-V // B)
+    if blocks * B != V:
+        weights = torch.nn.functional.pad(weights, (0, blocks * B - V))
+    w = weights.view(N, blocks, B)  # [N, blocks, B]
+    block_mass = w.sum(-1)  # [N, blocks]
+    block_cdf = block_mass.cumsum(-1)
+    target = u.to(block_cdf.dtype) * block_cdf[:, -1]  # [N]
+    b = torch.searchsorted(block_cdf, target[:, None], right=True).clamp_max(blocks - 1)  # [N, 1]
+    inner = w.gather(1, b[:, :, None].expand(N, 1, B)).squeeze(1)  # [N, B]
+    before = (block_cdf.gather(1, b) - block_mass.gather(1, b))  # [N, 1] mass of the earlier blocks
+    j = torch.searchsorted(before + inner.cumsum(-1), target[:, None], right=True)  # [N, 1]
+    last_positive = ((inner > 0) * torch.arange(B, device=w.device)).amax(-1, keepdim=True)
+    return (b * B + torch.minimum(j, last_positive)).squeeze(-1)
 
 
 def prefill(model, input_ids, attention_mask, cache):
@@ -189,9 +214,12 @@ class Generator:
 
     @staticmethod
     def check_finite(logits: torch.Tensor, rows: torch.Tensor) -> None:
+        # a row's sum is non-finite iff the row holds NaN/inf (logits are far too small to overflow a
+        # float32 sum); one reduction instead of isfinite over [N, V]: 2 vs 49 ms at 240 rows on 2 cores
+        if bool(torch.isfinite(logits.sum(-1)).all()):
+            return
         finite = torch.isfinite(logits).all(-1)
-        if not bool(finite.all()):
-            raise NonFiniteError(rows[~finite].tolist())
+        raise NonFiniteError(rows[~finite].tolist())
 
     def _generate_chunk(self, prompts, row_keys, offset: int = 0):
         cfg, dev = self.cfg, self.device

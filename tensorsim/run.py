@@ -12,6 +12,7 @@ from tqdm import tqdm
 from . import metrics
 from .config import validate
 from .knowledge import load_kb
+from .memory import keep_freed_memory
 from .models import resolve_device, resolve_dtype
 from .outputs import SUMMARY, is_complete, make_cell_writers, refuse_completed, write_json_atomic
 from .patterns import PatternRules, last_change_step, run_pattern, silo_patterns
@@ -74,6 +75,7 @@ def simulate(cfg, run_dir: str | Path) -> dict:
         ckpt = load_checkpoint(run_dir)
         cfg = OmegaConf.create(ckpt["config"])
     validate(cfg)
+    keep_freed_memory()  # big per-step tensors reuse pages instead of faulting in fresh ones (memory.py)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     if ckpt is None:

@@ -1,7 +1,7 @@
 import torch
 
 from tensorsim import rng
-from tensorsim.generate import Generator, SamplingConfig, common_prefix_len, sample
+from tensorsim.generate import Generator, SamplingConfig, common_prefix_len, inverse_cdf, sample
 from tensorsim.knowledge import load_kb
 from tensorsim.prompts import PAPER_TEMPLATE, PromptBuilder
 
@@ -24,6 +24,27 @@ def test_sample_top_p_keeps_only_the_nucleus_renormalised():
     # nucleus = {0.5, 0.3} (0.5 < 0.7, 0.8 >= 0.7): renormalised to 0.625 / 0.375
     assert freq[2] == 0 and freq[3] == 0
     assert abs(freq[0] - 0.625) < 0.01
+
+
+def test_two_level_inverse_cdf_matches_the_distribution_over_a_large_vocabulary():
+    """1000 tokens (not a multiple of the 256-token block), some of weight zero: frequencies follow the
+    weights and a zero-weight token is never drawn, even for u next to 1 and at block edges."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(1000, generator=g) ** 4
+    w[[0, 255, 256, 511, 700, 999]] = 0.0  # block edges and the last token
+    N = 200_000
+    u = rng.uniform(11, torch.arange(N))
+    draws = inverse_cdf(w.expand(N, -1), u)
+    freq = torch.bincount(draws, minlength=1000).double() / N
+    assert (freq - w.double() / w.sum()).abs().max() < 0.002
+    assert freq[[0, 255, 256, 511, 700, 999]].sum() == 0
+    edge = torch.tensor([0.0, 1e-9, 0.5, 1 - 1e-7, 1 - 2**-24])
+    picked = inverse_cdf(w.expand(5, -1), edge)
+    assert bool((w[picked] > 0).all()) and picked[0] == 1  # u=0 takes the first positive token
+    # same draws as a single cumsum over the whole vocabulary
+    cdf = w.cumsum(0)
+    one_level = torch.searchsorted(cdf, (u[:5000] * cdf[-1])[:, None], right=True).squeeze(-1)
+    assert (one_level == draws[:5000]).float().mean() > 0.999
 
 
 def test_greedy_is_argmax():
