@@ -50,7 +50,23 @@ def _fuse(linears) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight, bias
 
 
+def weight_major_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear computed as (w @ x^T)^T. x: [T, in], w: [out, in] -> [T, out].
+
+    The same product with the operands swapped: MKL's sgemm runs this order far faster for the skinny
+    batches of decoding. Measured over all the embedded model's weights on 2 CPU cores: 48 vs 131 ms
+    at 2 rows, 50 vs 141 at 4, 140 vs 170 at 30, 470 vs 737 at 256. One row would take the gemv
+    path (75 ms), so it is computed as two."""
+    rows = x.shape[0]
+    if rows == 1:
+        x = torch.cat([x, x])
+    out = torch.mm(w, x.t()).t()[:rows].contiguous()  # [T, out]
+    return out if b is None else out + b
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if x.dtype == torch.float32:  # one fused op, bit-equal to the transformers norm in float32
+        return torch.rms_norm(x, weight.shape, weight, eps)
     xf = x.float()
     return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
@@ -144,6 +160,8 @@ class FastLlama:
                                     w_gate_up=w_gate_up, w_down=m.down_proj.weight))
         self.dtype, self.device = self.embed.dtype, self.embed.device
         self.scale = self.D ** -0.5
+        # CPU: MKL is faster with the weight as the left operand (weight_major_linear); CUDA: as usual
+        self.linear = weight_major_linear if self.device.type == "cpu" else F.linear
         self.graph_error: str | None = None  # set when a CUDA graph capture failed: decode eagerly after
 
     # -- pieces ------------------------------------------------------------------------------------
@@ -157,11 +175,10 @@ class FastLlama:
     def qkv(self, layer, x, cos, sin):
         """x: [T, d] -> q [T, H, D], k, v [T, H_kv, D] (q, k rotated)."""
         h = rms_norm(x, layer["attn_norm"], self.eps)
-        q, k, v = F.linear(h, layer["wqkv"], layer["bqkv"]).split(
-            [self.H * self.D, self.H_kv * self.D, self.H_kv * self.D], dim=-1)
-        q = rotate(q.view(-1, self.H, self.D), cos, sin)
-        k = rotate(k.view(-1, self.H_kv, self.D), cos, sin)
-        return q, k, v.view(-1, self.H_kv, self.D)
+        qk, v = self.linear(h, layer["wqkv"], layer["bqkv"]).split(
+            [(self.H + self.H_kv) * self.D, self.H_kv * self.D], dim=-1)
+        qk = rotate(qk.view(-1, self.H + self.H_kv, self.D), cos, sin)  # q and k rotated in one pass
+        return qk[:, :self.H], qk[:, self.H:], v.view(-1, self.H_kv, self.D)
 
     def attend(self, q, prefix_k, prefix_v, own_k, own_v, allowed):
         """q: [N, H_kv, g, S, D]; prefix_k/v: [H_kv, P, D] or None; own_k/v: [N, H_kv, T, D];
@@ -184,13 +201,13 @@ class FastLlama:
 
     def finish_layer(self, layer, x, attn):
         """Residual adds around o_proj and the MLP. x, attn: [T, d] -> [T, d]."""
-        x = x + F.linear(attn, layer["wo"], layer["bo"])
-        gate, up = F.linear(rms_norm(x, layer["mlp_norm"], self.eps), layer["w_gate_up"]).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, layer["w_down"])
+        x = x + self.linear(attn, layer["wo"], layer["bo"])
+        gate, up = self.linear(rms_norm(x, layer["mlp_norm"], self.eps), layer["w_gate_up"]).chunk(2, dim=-1)
+        return x + self.linear(F.silu(gate) * up, layer["w_down"])
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, d] -> [N, V] float32."""
-        return F.linear(rms_norm(x, self.final_norm, self.eps), self.lm_head).float()
+        return self.linear(rms_norm(x, self.final_norm, self.eps), self.lm_head).float()
 
     # -- the two passes ----------------------------------------------------------------------------
     ATTENTION_GROUP = 32  # prefill attention runs on length-sorted groups of this many rows
