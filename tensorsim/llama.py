@@ -64,6 +64,42 @@ def weight_major_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
     return out if b is None else out + b
 
 
+class Linear:
+    """y = x w^T + b with the fastest kernel this device has for the batch at hand.
+
+    CUDA: F.linear. CPU: weight_major_linear, and for 12-160 rows (decoding a batch) oneDNN on a copy
+    of the weight packed for its blocked layout: 119 vs 182 ms per 30-row decode step of the embedded
+    model on 2 cores, no better below 12 rows or for prefill. The copy doubles weight memory, so the
+    caller decides whether to pack."""
+
+    PACKED_ROWS = (12, 160)
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, pack: bool = False):
+        self.weight, self.bias = weight, bias
+        self.packed = None
+        if pack:
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 32)
+            except (AttributeError, RuntimeError):  # a torch built without oneDNN: the plain kernels
+                self.packed = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.device.type != "cpu":
+            return F.linear(x, self.weight, self.bias)
+        if self.packed is not None and self.PACKED_ROWS[0] <= x.shape[0] <= self.PACKED_ROWS[1]:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return weight_major_linear(x, self.weight, self.bias)
+
+
+def packing_pays(model) -> bool:
+    """Pack CPU weights for oneDNN (Linear) when the model is float32, on CPU, and small enough that a
+    second copy of its weights is cheap (at most 4 GiB: the embedded model's is 0.5 GiB)."""
+    p = next(model.parameters())
+    size = sum(t.numel() * t.element_size() for t in model.parameters())
+    return (p.device.type == "cpu" and p.dtype == torch.float32 and size <= 4 * 2**30
+            and torch.backends.mkldnn.is_available())
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if x.dtype == torch.float32:  # one fused op, bit-equal to the transformers norm in float32
         return torch.rms_norm(x, weight.shape, weight, eps)
@@ -135,7 +171,8 @@ class KVCache:
 class FastLlama:
     """The forward pass of a transformers LlamaForCausalLM over its own weights."""
 
-    def __init__(self, model):
+    def __init__(self, model, pack: bool | None = None):
+        """pack: give the CPU projections oneDNN-packed copies (Linear); None decides by packing_pays."""
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"FastLlama cannot run this model: {reason}")
@@ -147,7 +184,8 @@ class FastLlama:
         base = model.model
         self.embed = base.embed_tokens.weight  # [V, d]
         self.final_norm = base.norm.weight
-        self.lm_head = model.lm_head.weight  # [V, d] (tied to embed in small models)
+        pack = packing_pays(model) if pack is None else pack
+        self.lm_head = Linear(model.lm_head.weight, pack=pack)  # [V, d] (tied to embed in small models)
         self.inv_freq = base.rotary_emb.inv_freq.float()  # [D/2]
         self.rope_scale = float(getattr(base.rotary_emb, "attention_scaling", 1.0))
         self.layers = []
@@ -155,13 +193,12 @@ class FastLlama:
             a, m = layer.self_attn, layer.mlp
             wqkv, bqkv = _fuse([a.q_proj, a.k_proj, a.v_proj])
             w_gate_up, _ = _fuse([m.gate_proj, m.up_proj])
-            self.layers.append(dict(attn_norm=layer.input_layernorm.weight, wqkv=wqkv, bqkv=bqkv,
-                                    wo=a.o_proj.weight, bo=a.o_proj.bias, mlp_norm=layer.post_attention_layernorm.weight,
-                                    w_gate_up=w_gate_up, w_down=m.down_proj.weight))
+            self.layers.append(dict(
+                attn_norm=layer.input_layernorm.weight, qkv=Linear(wqkv, bqkv, pack),
+                o=Linear(a.o_proj.weight, a.o_proj.bias, pack), mlp_norm=layer.post_attention_layernorm.weight,
+                gate_up=Linear(w_gate_up, pack=pack), down=Linear(m.down_proj.weight, pack=pack)))
         self.dtype, self.device = self.embed.dtype, self.embed.device
         self.scale = self.D ** -0.5
-        # CPU: MKL is faster with the weight as the left operand (weight_major_linear); CUDA: as usual
-        self.linear = weight_major_linear if self.device.type == "cpu" else F.linear
         self.graph_error: str | None = None  # set when a CUDA graph capture failed: decode eagerly after
 
     # -- pieces ------------------------------------------------------------------------------------
@@ -175,7 +212,7 @@ class FastLlama:
     def qkv(self, layer, x, cos, sin):
         """x: [T, d] -> q [T, H, D], k, v [T, H_kv, D] (q, k rotated)."""
         h = rms_norm(x, layer["attn_norm"], self.eps)
-        qk, v = self.linear(h, layer["wqkv"], layer["bqkv"]).split(
+        qk, v = layer["qkv"](h).split(
             [(self.H + self.H_kv) * self.D, self.H_kv * self.D], dim=-1)
         qk = rotate(qk.view(-1, self.H + self.H_kv, self.D), cos, sin)  # q and k rotated in one pass
         return qk[:, :self.H], qk[:, self.H:], v.view(-1, self.H_kv, self.D)
@@ -201,13 +238,13 @@ class FastLlama:
 
     def finish_layer(self, layer, x, attn):
         """Residual adds around o_proj and the MLP. x, attn: [T, d] -> [T, d]."""
-        x = x + self.linear(attn, layer["wo"], layer["bo"])
-        gate, up = self.linear(rms_norm(x, layer["mlp_norm"], self.eps), layer["w_gate_up"]).chunk(2, dim=-1)
-        return x + self.linear(F.silu(gate) * up, layer["w_down"])
+        x = x + layer["o"](attn)
+        gate, up = layer["gate_up"](rms_norm(x, layer["mlp_norm"], self.eps)).chunk(2, dim=-1)
+        return x + layer["down"](F.silu(gate) * up)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, d] -> [N, V] float32."""
-        return self.linear(rms_norm(x, self.final_norm, self.eps), self.lm_head).float()
+        return self.lm_head(rms_norm(x, self.final_norm, self.eps)).float()
 
     # -- the two passes ----------------------------------------------------------------------------
     ATTENTION_GROUP = 32  # prefill attention runs on length-sorted groups of this many rows

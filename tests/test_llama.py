@@ -6,7 +6,7 @@ from tensorsim import rng
 from tensorsim.errors import UserError
 from tensorsim.generate import Generator, SamplingConfig
 from tensorsim.knowledge import load_kb
-from tensorsim.llama import FastLlama, GraphedDecode, KVCache, unsupported_reason
+from tensorsim.llama import FastLlama, GraphedDecode, KVCache, Linear, unsupported_reason
 from tensorsim.prompts import PAPER_TEMPLATE, PromptBuilder
 
 
@@ -31,10 +31,10 @@ def _reference_last_logits(model, seqs):
         return torch.stack([model(input_ids=torch.tensor([s])).logits[0, -1] for s in seqs])
 
 
-def _check_against_transformers(model, prefix, suffixes, steps=3, atol=1e-4):
+def _check_against_transformers(model, prefix, suffixes, steps=3, atol=1e-4, pack=None):
     """Prefill (shared prefix + packed suffixes), then greedy decode steps, dropping and reordering rows
     on the way: every logit row equals the transformers forward over the same full sequence."""
-    fast = FastLlama(model)
+    fast = FastLlama(model, pack=pack)
     with torch.inference_mode():
         cache = fast.prefix_cache(prefix) if prefix else None
         logits, cache = fast.prefill(suffixes, cache, extra=1)  # extra=1: forces the cache to grow
@@ -78,6 +78,30 @@ def test_matches_transformers_on_llama_variants(overrides):
     _check_against_transformers(_tiny(**overrides), [], [[1, 2, 3], [4, 5]], steps=2)  # no shared prefix
 
 
+@pytest.mark.parametrize("rows", [1, 2, 12, 30, 160, 400])
+@pytest.mark.parametrize("bias", [False, True])
+def test_every_cpu_kernel_of_linear_computes_the_same_product(rows, bias):
+    """Linear picks weight-major GEMM or oneDNN-packed weights by the number of rows: all equal F.linear."""
+    g = torch.Generator().manual_seed(rows)
+    w, x = torch.randn(96, 64, generator=g), torch.randn(rows, 64, generator=g)
+    b = torch.randn(96, generator=g) if bias else None
+    for pack in (False, True):
+        lin = Linear(w, b, pack=pack)
+        assert (lin.packed is not None) == (pack and torch.backends.mkldnn.is_available())
+        y = lin(x)
+        assert y.shape == (rows, 96) and y.is_contiguous()
+        assert torch.allclose(y, torch.nn.functional.linear(x, w, b), atol=1e-4, rtol=1e-5)
+
+
+def test_decoding_many_rows_with_packed_weights_matches_transformers():
+    """14 rows: decode runs through the oneDNN-packed projections (Linear.PACKED_ROWS), prefill and the
+    last rows through weight-major GEMM."""
+    assert Linear.PACKED_ROWS[0] <= 14 <= Linear.PACKED_ROWS[1]
+    g = torch.Generator().manual_seed(1)
+    suffixes = [torch.randint(0, 300, (int(n),), generator=g).tolist() for n in torch.randint(1, 9, (14,), generator=g)]
+    _check_against_transformers(_tiny(), [5, 6, 7], suffixes, steps=3, pack=True)
+
+
 def test_fused_weights_are_views_so_the_model_is_unchanged():
     model = _tiny()
     ids = torch.tensor([[3, 1, 4, 1, 5, 9]])
@@ -87,7 +111,7 @@ def test_fused_weights_are_views_so_the_model_is_unchanged():
         after = model(input_ids=ids).logits
     assert torch.equal(before, after)
     attn = model.model.layers[0].self_attn
-    fused = fast.layers[0]["wqkv"]
+    fused = fast.layers[0]["qkv"].weight
     assert attn.k_proj.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
 
 
