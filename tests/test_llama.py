@@ -94,9 +94,9 @@ def test_every_cpu_kernel_of_linear_computes_the_same_product(rows, bias):
 
 
 def test_decoding_many_rows_with_packed_weights_matches_transformers():
-    """14 rows: decode runs through the oneDNN-packed projections (Linear.PACKED_ROWS), prefill and the
-    last rows through weight-major GEMM."""
-    assert Linear.PACKED_ROWS[0] <= 14 <= Linear.PACKED_ROWS[1]
+    """14 rows: prefill and the first decode step run through the oneDNN-packed projections, the last
+    rows through weight-major GEMM."""
+    assert Linear.PACKED_MIN_ROWS <= 14
     g = torch.Generator().manual_seed(1)
     suffixes = [torch.randint(0, 300, (int(n),), generator=g).tolist() for n in torch.randint(1, 9, (14,), generator=g)]
     _check_against_transformers(_tiny(), [5, 6, 7], suffixes, steps=3, pack=True)
