@@ -145,17 +145,28 @@ class Embedder:
 
     @torch.inference_mode()
     def __call__(self, texts: list[str], prefix: str = "") -> torch.Tensor:
-        """N texts -> [N, d] float32, unit norm."""
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            batch = [prefix + t for t in texts[i:i + self.batch_size]]
-            enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt").to(self.device)
-            hidden = self.model(**enc).last_hidden_state  # [b, s, d]
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [b, s, 1]
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-            out.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
-        return torch.cat(out)
+        """N texts -> [N, d] float32, unit norm. Each distinct text is embedded once (converged
+        populations repeat answers), in batches of similar length (less padding)."""
+        unique: dict[str, int] = {}
+        inverse = torch.tensor([unique.setdefault(t, len(unique)) for t in texts], dtype=torch.long)
+        distinct = list(unique)
+        order = sorted(range(len(distinct)), key=lambda i: len(distinct[i]))
+        out = [None] * len(distinct)
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i:i + self.batch_size]
+            for j, e in zip(idx, self._embed([prefix + distinct[j] for j in idx])):
+                out[j] = e
+        if not out:
+            return torch.empty(0, self.model.config.hidden_size)
+        return torch.stack(out)[inverse.to(self.device)]
+
+    def _embed(self, batch: list[str]) -> torch.Tensor:
+        enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt").to(self.device)
+        hidden = self.model(**enc).last_hidden_state  # [b, s, d]
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [b, s, 1]
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
     def queries(self, texts):
         return self(texts, self.cfg.query_prefix)

@@ -75,3 +75,17 @@ def test_other_population_file_loads(tmp_path):
         GOOD_AGENT, {"label": "Tulip", "entries": [{"topic": "flower", "question": "q?", "answer": "Tulip - cup."}]}]}
     kb = load_kb(_write(tmp_path, data))
     assert kb.n == 2 and kb.m == 1 and kb.agent_labels == [0, 1]
+
+
+def test_embedder_embeds_each_distinct_text_once_in_the_callers_order(embedder, monkeypatch):
+    texts = ["The prettiest flower is the rose.", "A lily.", "The prettiest flower is the rose.",
+             "The prettiest flower is the orchid, whose petals curl like silk ribbons.", "A lily."]
+    alone = torch.cat([embedder([t]) for t in texts])  # one text per call: no batching effects
+    seen = []
+    real = embedder._embed
+    monkeypatch.setattr(embedder, "_embed", lambda batch: seen.append(list(batch)) or real(batch))
+    together = embedder(texts)
+    assert sorted(t for b in seen for t in b) == sorted(set(texts))  # 3 distinct texts, each once
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert torch.equal(together[0], together[2]) and torch.equal(together[1], together[4])
+    assert torch.allclose(together.norm(dim=-1), torch.ones(5))
