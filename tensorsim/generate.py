@@ -181,12 +181,21 @@ class Generator:
             raise UserError(f"generation.engine=fast cannot run this model: {reason} (allowed: auto, hf)")
         return None
 
-    def rows_for_budget(self, prompt_len: int) -> int:
-        """Micro-batch size: max_rows, lowered so that the rows' KV cache fits memory_budget_gb."""
+    def rows_for_budget(self, prompt_len: int, shared: int = 0) -> int:
+        """Micro-batch size: max_rows, lowered so that the rows' KV cache fits memory_budget_gb.
+        shared: leading tokens held once for all rows (the fast engine's shared prefix)."""
         if not self.cfg.memory_budget_gb:
             return self.max_rows
-        per_row = self.kv_per_token * (prompt_len + self.cfg.max_new_tokens)
-        return max(1, min(self.max_rows, int(self.cfg.memory_budget_gb * 2**30 // per_row)))
+        per_row = self.kv_per_token * (prompt_len - shared + self.cfg.max_new_tokens)
+        budget = self.cfg.memory_budget_gb * 2**30 - self.kv_per_token * shared
+        return max(1, min(self.max_rows, int(budget // per_row)))
+
+    def _shared_prefix(self, prompts: list[list[int]]) -> int:
+        """Tokens of the prompts' common prefix that the fast engine stores once (the HF engine copies
+        the prefix into every row, so nothing is shared there)."""
+        if self.fast is None or not self.cfg.share_prefix or len(prompts) < 2:
+            return 0
+        return common_prefix_len(prompts)
 
     @torch.inference_mode()
     def __call__(self, prompts: list[list[int]], row_keys: torch.Tensor) -> list[list[int]]:
@@ -196,7 +205,8 @@ class Generator:
         out: list[list[int]] = []
         i = 0
         while i < len(prompts):
-            step = self.rows_for_budget(max(len(p) for p in prompts[i:i + self.max_rows]))
+            chunk = prompts[i:i + self.max_rows]
+            step = self.rows_for_budget(max(len(p) for p in chunk), self._shared_prefix(chunk))
             try:
                 out += self._generate_chunk(prompts[i:i + step], row_keys[i:i + step], offset=i)
             except torch.OutOfMemoryError:
