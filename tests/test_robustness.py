@@ -75,14 +75,14 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_answers(small_llm, monke
 
 def test_memory_budget_sets_rows_per_pass(small_llm):
     model, tok = small_llm
-    gen = Generator(model, tok, SamplingConfig(max_new_tokens=100, max_rows=256, memory_budget_gb=0.01))
+    gen = Generator(model, tok, SamplingConfig(max_new_tokens=100, max_rows=256, memory_budget_gb=0.05))
     per_row = gen.kv_per_token * (100 + 100)
-    assert gen.rows_for_budget(100) == int(0.01 * 2**30 // per_row) < 256
+    assert gen.rows_for_budget(100) == int(0.05 * 2**30 // per_row) < 256
     assert Generator(model, tok, SamplingConfig(max_rows=256)).rows_for_budget(100) == 256
     # the fast engine holds a 60-token shared prefix once: every row only needs its own 40 + 100
-    budget = 0.01 * 2**30 - gen.kv_per_token * 60
+    budget = 0.05 * 2**30 - gen.kv_per_token * 60
     assert gen.rows_for_budget(100, shared=60) == int(budget // (gen.kv_per_token * 140)) > gen.rows_for_budget(100)
-    prompts = [[1] * 60 + [2, t] for t in range(5)]
+    prompts = [[1] * 60 + [t, 2] for t in range(5)]
     assert gen._shared_prefix(prompts) == 60
     hf = Generator(model, tok, SamplingConfig(max_new_tokens=100, memory_budget_gb=0.01, engine="hf"))
     assert hf._shared_prefix(prompts) == 0
