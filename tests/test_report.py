@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import run_cli
+from tensorsim import perspective as persp
 from tensorsim import report as rep
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -205,22 +206,22 @@ def test_rank_sizes():
 def test_classical_mds_recovers_planar_distances():
     rng = np.random.default_rng(0)
     P = rng.normal(size=(7, 2)) * [3.0, 1.0]
-    D = rep.pairwise_distances(P)
-    X = rep.classical_mds(D, 2)
-    assert np.allclose(rep.pairwise_distances(X), D, atol=1e-8)
+    D = persp.pairwise_distances(P)
+    X = persp.classical_mds(D, 2)
+    assert np.allclose(persp.pairwise_distances(X), D, atol=1e-8)
     assert np.allclose(X.mean(axis=0), 0, atol=1e-10)  # centred
     assert X[:, 0].var() >= X[:, 1].var()  # first axis carries the most variance
-    assert np.allclose(rep.classical_mds(D[::-1, ::-1], 2)[::-1], X, atol=1e-8)  # deterministic signs
+    assert np.allclose(persp.classical_mds(D[::-1, ::-1], 2)[::-1], X, atol=1e-8)  # deterministic signs
     # points in 3-D: the 2-D MDS is the projection on the top-2 principal axes
     Q = np.c_[P, 0.01 * rng.normal(size=7)]
-    Y = rep.classical_mds(rep.pairwise_distances(Q), 2)
-    assert np.allclose(rep.pairwise_distances(Y), D, atol=0.05)
-    assert rep.classical_mds(np.zeros((3, 3)), 2).tolist() == [[0, 0]] * 3
+    Y = persp.classical_mds(persp.pairwise_distances(Q), 2)
+    assert np.allclose(persp.pairwise_distances(Y), D, atol=0.05)
+    assert persp.classical_mds(np.zeros((3, 3)), 2).tolist() == [[0, 0]] * 3
 
 
 def test_parse_steps():
-    assert rep.parse_steps("first,middle,last", 5) == [0, 2, 4]
-    assert rep.parse_steps("0, -1, 4", 5) == [0, 4]
+    assert persp.parse_steps("first,middle,last", 5) == [0, 2, 4]
+    assert persp.parse_steps("0, -1, 4", 5) == [0, 4]
 
 
 class FakeEmbedder:
@@ -237,13 +238,13 @@ def test_perspective_with_embed(tmp_path, monkeypatch):
     run = write_cell(tmp_path / "run", [dict(RUN_A0, answers=answers)], k=1, p=0.2, transcript=True,
                      config={"embedder": {"name": "fake"}})
     seen = []
-    monkeypatch.setattr(rep, "make_embedder", lambda cfg, device: seen.append(cfg) or FakeEmbedder())
+    monkeypatch.setattr(persp, "make_embedder", lambda cfg, device: seen.append(cfg) or FakeEmbedder())
     assert rep.main([str(run), "--embed"]) == 0
     assert seen == [{"name": "fake"}]  # the run's own embedder config
     assert (run / "perspective.png").read_bytes()[:8] == PNG
     # identical answers land on the same point of the shared frame
     emb = {t: FakeEmbedder().responses(answers[t]).numpy() for t in (0, 3)}
-    coords, steps = rep.perspective_rows(emb)
+    coords, steps = persp.perspective_rows(emb)
     assert steps == [0, 3]
     assert np.allclose(coords[3:], coords[0])  # t=3: every agent says rose, like agent 0 at t=0
     assert not np.allclose(coords[1], coords[0])
