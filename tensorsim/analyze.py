@@ -278,7 +278,7 @@ def analyze(files: list[Path], out: Path, *, names_file: Path | None = None, win
     embedder = embedder_cfg = None
     emb: dict[int, np.ndarray] = {}
     if embed:
-        from .report import default_embedder_cfg, embed_unique, make_embedder
+        from .perspective import default_embedder_cfg, make_embedder
 
         if embedder_file is not None:
             from omegaconf import OmegaConf
@@ -291,7 +291,7 @@ def analyze(files: list[Path], out: Path, *, names_file: Path | None = None, win
         embedder = make_embedder(embedder_cfg, device)
         for r, rows in answers.items():
             flat = [a for row in rows for a in row]
-            emb[r] = embed_unique(embedder, flat).reshape(T, n, -1)
+            emb[r] = embedder.responses(flat).cpu().numpy().reshape(T, n, -1)  # each distinct text once
 
     if labeler == "name":
         from .labels import NameLabeler
@@ -368,7 +368,8 @@ def analyze(files: list[Path], out: Path, *, names_file: Path | None = None, win
 def _distance_outputs(stage: Path, emb: dict, labs: dict, names: list[str], title: str, spec: str, T: int) -> None:
     import matplotlib.pyplot as plt
 
-    from .report import pairwise_distances, parse_steps, perspective_figure, save_fig
+    from .perspective import pairwise_distances, parse_steps, perspective_figure
+    from .report import save_fig
 
     n = next(iter(emb.values())).shape[1]
     mean_d = {}
