@@ -1,6 +1,7 @@
 """Shared set-up for the benchmarks: compose the hydra config and build engines without the CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -60,14 +61,62 @@ def build_llm_engine(cfg, model=None, tokenizer=None, embedder=None):
 
 
 def measure_steps(engine, steps: int) -> dict:
-    """One warm-up step, then `steps` timed steps -> seconds, new tokens, agent-steps/s, tokens/s."""
+    """One warm-up step, then `steps` timed steps -> seconds, new tokens, agent-steps/s, tokens/s, and
+    the useful arithmetic done (GFLOP, GFLOP/s: see useful_gflop)."""
     engine.step(0)
-    tokens0 = engine.generator.stats.new_tokens
+    stats = engine.generator.stats
+    before = dataclasses.replace(stats)
     with Timer() as tm:
         for t in range(1, steps + 1):
             engine.step(t)
-    tokens = engine.generator.stats.new_tokens - tokens0
+    tokens = stats.new_tokens - before.new_tokens
     agent_steps = engine.B * engine.n * steps
+    gflop = useful_gflop(engine.generator.model, stats.prefill_tokens - before.prefill_tokens,
+                         stats.forward_rows - before.forward_rows, stats.decode_rows - before.decode_rows)
     return {"seconds": round(tm.seconds, 3), "new_tokens": tokens,
             "agent_steps_per_s": round(agent_steps / tm.seconds, 3),
-            "new_tokens_per_s": round(tokens / tm.seconds, 2)}
+            "new_tokens_per_s": round(tokens / tm.seconds, 2),
+            "prefill_tokens": stats.prefill_tokens - before.prefill_tokens,
+            "decode_rows": stats.decode_rows - before.decode_rows,
+            "GFLOP": round(gflop, 1), "GFLOP_per_s": round(gflop / tm.seconds, 1)}
+
+
+# -- roofline: what the hardware allows, measured on the spot ----------------------------------------
+def linear_weights(model) -> tuple[int, int]:
+    """(weights of the decoder layers' linear maps, weights of the output head). Every token a forward
+    pass runs multiplies the first; only rows whose logits are taken multiply the second. Together they
+    are nearly all the FLOPs at these prompt lengths (attention scores and the norms are left out)."""
+    body = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
+    return body, model.lm_head.weight.numel()
+
+
+def useful_gflop(model, prefill_tokens: int, prefill_rows: int, decode_rows: int) -> float:
+    """Multiply-adds x 2 the work needs: every prefilled token and every decoded row through the layers,
+    the head for each prefilled row's last token and each decoded row. Rows that ride along finished,
+    or padding, are not useful work and are not counted."""
+    body, head = linear_weights(model)
+    return 2 * (body * (prefill_tokens + decode_rows) + head * (prefill_rows + decode_rows)) / 1e9
+
+
+def _median_seconds(fn, reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        with Timer() as tm:
+            fn()
+        times.append(tm.seconds)
+    return sorted(times)[len(times) // 2]
+
+
+def machine_peaks(device: torch.device, dtype: torch.dtype) -> dict:
+    """The two rates a forward pass is bound by, measured here rather than looked up: a large square
+    matmul (arithmetic) and the sum of a 512 MiB tensor (memory read bandwidth)."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    flops = 2 * n ** 3 / _median_seconds(lambda: a @ b, 5)
+    del a, b
+    x = torch.ones(2 ** 27, device=device, dtype=torch.float32)  # 512 MiB
+    read = x.numel() * 4 / _median_seconds(lambda: x.sum(), 5)
+    return {"matmul_GFLOP_per_s": round(flops / 1e9, 1), "read_GB_per_s": round(read / 1e9, 1),
+            "dtype": str(dtype).replace("torch.", "")}

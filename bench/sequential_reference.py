@@ -30,6 +30,8 @@ class SequentialSimulation:
         # retrieval: the flower slot of each agent (the engine's tests check it is the flower entry)
         self.contexts = [row[kb.topic_slot] for row in kb.answers[: self.n]]
         self.new_tokens = 0
+        self.prompt_tokens = 0  # prefilled, summed over generate calls
+        self.calls = 0  # generate calls (one prefill forward each; every further token one decode forward)
 
     def answer(self, context: str) -> str:
         g = self.cfg.generation
@@ -40,6 +42,8 @@ class SequentialSimulation:
                                       stopping_criteria=self.stop, pad_token_id=self.tok.pad_token_id)
             new = out[0, ids.shape[1]:].tolist()
             self.new_tokens += len(new)
+            self.prompt_tokens += ids.shape[1]
+            self.calls += 1
             text = self.prompts.response([t for t in new if t != self.tok.eos_token_id])
             if self.cfg.prompt.required_phrase.lower() in text.lower():
                 break

@@ -126,8 +126,9 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 @dataclass
 class GenerationStats:
     new_tokens: int = 0
-    prefill_tokens: int = 0
-    forward_rows: int = 0
+    prefill_tokens: int = 0  # tokens run through prefill (a shared prefix counted once)
+    forward_rows: int = 0  # rows prefilled (identical prompts count once)
+    decode_rows: int = 0  # rows fed to decode steps, summed over steps (finished rows not counted)
     oom_retries: int = 0
 
 
@@ -273,6 +274,7 @@ class Generator:
                 session.select(idx)
                 active, token, finished = active[idx], token[idx], finished[idx]
             logits = self._decode(session, token)
+            self.stats.decode_rows += token.shape[0]
             self.check_finite(logits, active.cpu() + offset)
         return generated
 

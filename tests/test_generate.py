@@ -76,6 +76,12 @@ def test_fast_paths_match_plain_decoding(small_llm):
     assert a[0] == a[3] == a[4]  # identical prompts, greedy -> identical answers
     assert fast.stats.forward_rows == 3 and plain.stats.forward_rows == 5  # duplicates prefilled once
     assert fast.stats.new_tokens <= plain.stats.new_tokens
+    # decode work: with early exit a row is decoded once per sampled token but its last; without, every
+    # row rides along until the longest answer ends (the benchmarks' GFLOP counts rest on this)
+    assert fast.stats.decode_rows == fast.stats.new_tokens - len(prompts)
+    longest = max(len(x) for x in a)
+    assert plain.stats.decode_rows % len(prompts) == 0 and plain.stats.decode_rows >= len(prompts) * (longest - 1)
+    assert plain.stats.decode_rows > fast.stats.decode_rows
 
 
 def test_a_row_does_not_depend_on_its_batch(small_llm):
