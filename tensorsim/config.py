@@ -81,6 +81,8 @@ def validate_llm(cfg) -> None:
          "an integer >= 1")
     need(_is_int(g.max_retries) and g.max_retries >= 0, "generation.max_retries", g.max_retries, "an integer >= 0")
     need(_is_int(g.max_rows) and g.max_rows >= 1, "generation.max_rows", g.max_rows, "an integer >= 1")
+    for switch in ("stop_at_sentence_end", "share_prefix", "dedup_prompts", "early_exit", "continuous", "cuda_graphs"):
+        need(isinstance(g.get(switch, True), bool), f"generation.{switch}", g.get(switch), "true or false")
     need(g.get("engine", "auto") in ENGINES, "generation.engine", g.get("engine"), f"one of {', '.join(ENGINES)}")
     budget = g.get("memory_budget_gb")
     need(budget is None or (_is_num(budget) and budget > 0), "generation.memory_budget_gb", budget,

@@ -1,13 +1,18 @@
 """Batched generation for all agents at once: a small decode loop in the style of gpt-fast.
 
-prefill -> decode_one_token -> sample, composed in `generate`, with three savings over a plain
-`model.generate` call, each switchable:
+prefill -> decode -> sample, composed in `Generator`, with savings over a plain `model.generate`
+call, each switchable:
   share_prefix   the token prefix common to every prompt (system turn + instructions) is prefilled
                  once and its KV cache expanded to all rows;
   dedup_prompts  identical prompts (common once contexts converge) are prefilled once and their KV
                  cache expanded to every row that asked;
-  early_exit     rows that hit EOS or end their sentence leave the batch instead of riding along.
-Logits are computed only at positions that are sampled (logits_to_keep=1).
+  early_exit     rows that hit EOS or end their sentence leave the batch instead of riding along;
+  continuous     (fast engine) the cache row of an ended answer is refilled with a waiting prompt, so
+                 a call larger than max_rows does not end every micro-batch in a slow tail
+                 (tensorsim.slots).
+Logits are computed only at positions that are sampled (logits_to_keep=1). The fast engine
+(tensorsim.llama) runs LLaMA-family models; the transformers forward (HFSession) runs any other
+architecture in fixed micro-batches.
 
 Sampling uses inverse-CDF draws from counter-based uniforms (tensorsim.rng): row r's token j is a
 pure function of row_keys[r] and j, so a row's text does not depend on the rest of the batch.
@@ -20,7 +25,8 @@ import torch
 
 from . import rng
 from .errors import UserError
-from .llama import FastLlama, GraphedDecode, KVCache, unsupported_reason
+from .llama import FastLlama, GraphedDecode, unsupported_reason
+from .slots import SlotCache
 
 
 class NonFiniteError(FloatingPointError):
@@ -40,7 +46,8 @@ class SamplingConfig:
     share_prefix: bool = True
     dedup_prompts: bool = True
     early_exit: bool = True
-    max_rows: int = 256  # rows per forward pass (micro-batch)
+    max_rows: int = 256  # rows per forward pass (micro-batch; with continuous batching, cache slots)
+    continuous: bool = True  # fast engine: a finished answer's row is refilled with a waiting prompt
     engine: str = "auto"  # auto (fast for LLaMA models, else hf) | fast (tensorsim.llama) | hf (transformers)
     cuda_graphs: bool = True  # fast engine on CUDA: decode replays a captured CUDA graph
     memory_budget_gb: float | None = None  # caps rows so their KV cache fits this budget
@@ -201,8 +208,10 @@ class Generator:
     @torch.inference_mode()
     def __call__(self, prompts: list[list[int]], row_keys: torch.Tensor) -> list[list[int]]:
         """prompts: N token-id lists; row_keys: [N] int64 (one random key per row) -> N lists of new ids
-        (EOS removed). On out-of-memory the chunk is retried with half the rows: answers do not change,
-        since each row's randomness is its own."""
+        (EOS removed). On out-of-memory the work is retried with half the rows per pass: answers do not
+        change, since each row's randomness is its own."""
+        if self.fast is not None:
+            return self._generate_fast(prompts, row_keys)
         out: list[list[int]] = []
         i = 0
         while i < len(prompts):
@@ -211,17 +220,109 @@ class Generator:
             try:
                 out += self._generate_chunk(prompts[i:i + step], row_keys[i:i + step], offset=i)
             except torch.OutOfMemoryError:
-                if step == 1:
-                    raise
-                self.max_rows = max(1, step // 2)
-                self.stats.oom_retries += 1
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                print(f"[tensorsim] out of memory at {step} rows per pass: retrying with {self.max_rows}",
-                      flush=True)
+                self._out_of_memory(step)
                 continue
             i += step
         return out
+
+    def _out_of_memory(self, rows: int) -> None:
+        """Halves the rows per pass after an out-of-memory error at `rows` (re-raises at one row)."""
+        if rows == 1:
+            raise
+        self.max_rows = max(1, rows // 2)
+        self.stats.oom_retries += 1
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        print(f"[tensorsim] out of memory at {rows} rows per pass: retrying with {self.max_rows}", flush=True)
+
+    def _generate_fast(self, prompts: list[list[int]], row_keys: torch.Tensor) -> list[list[int]]:
+        """The fast engine: continuous batching over cache slots (tensorsim.slots). Rows whose answer
+        ended before an out-of-memory error keep it; the others start over with fewer slots."""
+        done: dict[int, list[int]] = {}
+        while len(done) < len(prompts):
+            slots = self.max_rows
+            try:
+                slots = self._decode_in_slots(prompts, row_keys, done)
+            except torch.OutOfMemoryError:
+                self._out_of_memory(slots)
+        return [done[r] for r in range(len(prompts))]
+
+    def _decode_in_slots(self, prompts, row_keys, done: dict[int, list[int]]) -> int:
+        """Generates every row not in `done` into it, as rows finish. -> the number of slots used."""
+        cfg, dev = self.cfg, self.device
+        by_prompt: dict[tuple, list[int]] = {}
+        for r in range(len(prompts)):
+            if r not in done:
+                by_prompt.setdefault(tuple(prompts[r]), []).append(r)
+        # rows asking the same prompt next to each other: admitted together, prefilled once (dedup_prompts)
+        todo = [r for rows in by_prompt.values() for r in rows]
+        distinct = list(by_prompt)
+        P = common_prefix_len([list(p) for p in distinct]) if (cfg.share_prefix and len(distinct) > 1) else 0
+        n_slots = min(len(todo), self.rows_for_budget(max(len(prompts[r]) for r in todo), P))
+        graphs = cfg.cuda_graphs and dev.type == "cuda"
+        batch = SlotCache(self.fast, n_slots, self.fast.prefix_cache(prompts[todo[0]][:P]) if P else None,
+                          GraphedDecode(self.fast) if graphs else None)
+        self.stats.prefill_tokens += P
+        # refill once this many slots are free: a prefill of fewer rows runs at a poor rate
+        refill_at = max(1, n_slots // 8) if cfg.continuous and cfg.early_exit else n_slots
+        keys = row_keys.to(dev)
+        waiting = list(reversed(todo))  # popped from the end
+        new_ids = {r: [] for r in todo}
+        active = torch.empty(0, dtype=torch.long, device=dev)  # slot of each batch row
+        rows = torch.empty(0, dtype=torch.long, device=dev)  # prompt index of each batch row
+        sampled = torch.empty(0, dtype=torch.long, device=dev)  # tokens each batch row has drawn
+        finished = torch.empty(0, dtype=torch.bool, device=dev)  # ended, riding along (no early exit)
+        logits = None
+        while True:
+            if waiting and len(batch.free) >= min(refill_at, len(waiting)):
+                admitted = [waiting.pop() for _ in range(min(len(batch.free), len(waiting)))]
+                slots, new_logits = self._admit(batch, prompts, admitted, P)
+                active, rows = torch.cat([active, slots]), torch.cat([rows, torch.tensor(admitted, device=dev)])
+                sampled = torch.cat([sampled, torch.zeros_like(slots)])
+                finished = torch.cat([finished, torch.zeros_like(slots, dtype=torch.bool)])
+                logits = new_logits if logits is None else torch.cat([logits, new_logits])
+            if active.numel() == 0:
+                break
+            token = sample(logits, rng.uniform(keys[rows], sampled), cfg.temperature, cfg.top_p)  # [A]
+            keeps_token = ~self.eos_ids[token] & ~finished
+            for r, tok, kept in zip(rows.tolist(), token.tolist(), keeps_token.tolist()):
+                if kept:
+                    new_ids[r].append(tok)
+            self.stats.new_tokens += int((~finished).sum())
+            sampled = sampled + 1
+            finished = finished | self.stop_ids[token] | (sampled >= cfg.max_new_tokens)
+            # without early exit, ended rows ride along (computed, discarded) until every row has ended
+            leaving = finished if cfg.early_exit or bool(finished.all()) else torch.zeros_like(finished)
+            if bool(leaving.any()):
+                for r in rows[leaving].tolist():
+                    done[r] = new_ids.pop(r)
+                batch.release(active[leaving])
+                stay = ~leaving
+                active, rows, sampled, finished, token = (active[stay], rows[stay], sampled[stay],
+                                                          finished[stay], token[stay])
+                if not waiting and active.numel():
+                    active = batch.compact(active)
+            if active.numel() == 0:
+                logits = None
+                continue
+            logits = self._decode(batch, active, token)
+            self.stats.decode_rows += active.numel()
+            self.check_finite(logits, rows.cpu())
+        return n_slots
+
+    def _admit(self, batch: SlotCache, prompts, admitted: list[int], P: int):
+        """Prefills the admitted rows' prompts (after the shared prefix) into free slots -> (slots, logits)."""
+        if self.cfg.dedup_prompts:
+            distinct: dict[tuple, int] = {}
+            inverse = [distinct.setdefault(tuple(prompts[r][P:]), len(distinct)) for r in admitted]
+            seqs = [list(p) for p in distinct]
+        else:
+            inverse, seqs = list(range(len(admitted))), [prompts[r][P:] for r in admitted]
+        slots, logits = batch.admit(seqs, inverse)
+        self.check_finite(logits, torch.tensor(admitted))
+        self.stats.prefill_tokens += sum(len(s) for s in seqs)
+        self.stats.forward_rows += len(seqs)
+        return slots, logits
 
     @staticmethod
     def check_finite(logits: torch.Tensor, rows: torch.Tensor) -> None:
@@ -279,14 +380,12 @@ class Generator:
         return generated
 
     def _session(self):
-        if self.fast is None:
-            return HFSession(self.model, self.pad_id)
-        graphs = self.cfg.cuda_graphs and self.device.type == "cuda"
-        return FastSession(self.fast, GraphedDecode(self.fast) if graphs else None)
+        return HFSession(self.model, self.pad_id)
 
-    def _decode(self, session, token):
-        """token: [A] -> logits [A, V] (a method, so tests can intercept the logits)."""
-        return session.decode(token)
+    def _decode(self, session, *tokens_of_rows):
+        """One decode pass of a session (HFSession: token [A]; SlotCache: slots [A], token [A])
+        -> logits [A, V]. A method, so tests can intercept the logits."""
+        return session.decode(*tokens_of_rows)
 
 
 class HFSession:
@@ -318,39 +417,3 @@ class HFSession:
                                                      device=self.mask.device)], dim=1)
         position = self.mask.sum(-1, keepdim=True) - 1  # [A, 1]
         return decode_one_token(self.model, token[:, None], self.mask, position, self.cache)
-
-
-class FastSession:
-    """One chunk's decoding state on FastLlama: static KV cache, shared prefix stored once.
-
-    Rows that finish are dropped lazily: they ride along (their logits are not computed) until a
-    quarter of the cache rows are dead, then the cache is compacted in one copy. With CUDA graphs, half:
-    every compaction costs a new capture (about two eager steps), while a dead row costs a
-    bandwidth-bound GPU step little."""
-
-    def __init__(self, fast, graphed: GraphedDecode | None = None):
-        self.fast, self.graphed = fast, graphed
-        self.compact_share = 2 if graphed is not None else 4  # compact when 1/share of the rows are dead
-
-    def start(self, prompts: list[list[int]], P: int, max_new_tokens: int) -> torch.Tensor:
-        prefix = self.fast.prefix_cache(prompts[0][:P]) if P else None
-        logits, self.cache = self.fast.prefill([p[P:] for p in prompts], prefix, extra=KVCache.GROW)
-        self.live = torch.arange(len(prompts), device=logits.device)  # cache row of each batch row
-        return logits
-
-    def select(self, rows: torch.Tensor) -> None:
-        self.live = self.live[rows]
-        dead = self.cache.rows - self.live.numel()
-        if (dead < 0 or dead >= max(1, self.cache.rows // self.compact_share)
-                or self.live.unique().numel() != self.live.numel()):
-            self.cache = self.cache.reshaped(self.live, self.cache.k.shape[3])
-            self.live = torch.arange(self.live.numel(), device=self.live.device)
-
-    def decode(self, token: torch.Tensor) -> torch.Tensor:
-        self.cache = self.cache.ensure_room()
-        full = token.new_zeros(self.cache.rows)
-        full[self.live] = token
-        live = None if self.live.numel() == self.cache.rows else self.live
-        if self.graphed is not None:
-            return self.graphed(full, self.cache, live)
-        return self.fast.decode(full, self.cache, live)

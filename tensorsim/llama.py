@@ -250,9 +250,12 @@ class FastLlama:
     # -- the two passes ----------------------------------------------------------------------------
     ATTENTION_GROUP = 32  # prefill attention runs on length-sorted groups of this many rows
 
-    def prefill(self, seqs: list[list[int]], cache: KVCache | None = None, extra: int = 0):
+    def prefill(self, seqs: list[list[int]], cache: KVCache | None = None, extra: int = 0,
+                into: KVCache | None = None, slots: torch.Tensor | None = None):
         """Runs U token sequences after the optional shared-prefix cache. -> (logits of each sequence's
-        last token [U, V], KVCache of U rows with room for `extra` more tokens each).
+        last token [U, V], KVCache of U rows with room for `extra` more tokens each). With `into` (a
+        cache after the same prefix, room for the longest sequence) and `slots` [U]: the sequences' KV
+        go into those rows of `into` instead (continuous batching refills freed rows), which is returned.
 
         Linear layers see the packed tokens [T_total, d]. Attention pads rows to a common length, so
         rows are sorted by length and attended in groups: one long row (a rambling answer quoted as
@@ -268,15 +271,24 @@ class FastLlama:
         prefix_v = cache.prefix_v if cache is not None else None
         P = 0 if prefix_k is None else prefix_k.shape[2]
         cos, sin = self.rope_tables(P + local)
-        k_all = torch.zeros(L, U, self.H_kv, int(lens.max()) + extra, self.D, dtype=self.dtype, device=dev)
-        v_all = torch.zeros_like(k_all)
+        if into is None:
+            k_all = torch.zeros(L, U, self.H_kv, int(lens.max()) + extra, self.D, dtype=self.dtype, device=dev)
+            out_cache = KVCache(prefix_k, prefix_v, k_all, torch.zeros_like(k_all), lens.clone())
+            slots = torch.arange(U, device=dev)
+        else:
+            if int(lens.max()) > into.k.shape[3]:
+                raise ValueError(f"cache capacity {into.k.shape[3]} < sequence length {int(lens.max())}")
+            out_cache = into
+            out_cache.lengths[slots] = lens
+        k_all, v_all = out_cache.k, out_cache.v
+        token_slot = slots[row]  # [T_total] cache row of every packed token
         groups = [self._attention_group(g_rows, row, local, lens)
                   for g_rows in torch.argsort(lens).split(self.ATTENTION_GROUP)]
         x = self.embed[ids]  # [T_total, d]
         for i, layer in enumerate(self.layers):
             q, k, v = self.qkv(layer, x, cos, sin)
-            k_all[i, row, :, local] = k
-            v_all[i, row, :, local] = v
+            k_all[i, token_slot, :, local] = k
+            v_all[i, token_slot, :, local] = v
             out = torch.empty_like(q)  # [T_total, H, D]
             for g_rows, tokens, g_row, g_local, allowed in groups:
                 Ug, S = allowed.shape[0], allowed.shape[-1]
@@ -284,11 +296,11 @@ class FastLlama:
                 q_pad[g_row, g_local] = q[tokens]
                 q_pad = q_pad.view(Ug, S, self.H_kv, -1, self.D).permute(0, 2, 3, 1, 4)  # [Ug, H_kv, g, S, D]
                 o = self.attend(q_pad, prefix_k[i] if P else None, prefix_v[i] if P else None,
-                                k_all[i, g_rows, :, :S], v_all[i, g_rows, :, :S], allowed)
+                                k_all[i, slots[g_rows], :, :S], v_all[i, slots[g_rows], :, :S], allowed)
                 out[tokens] = o.permute(0, 3, 1, 2, 4)[g_row, g_local].reshape(-1, self.H, self.D)
             x = self.finish_layer(layer, x, out.view(-1, self.H * self.D))
         last = starts + lens - 1
-        return self.logits(x[last]), KVCache(prefix_k, prefix_v, k_all, v_all, lens.clone())
+        return self.logits(x[last]), out_cache
 
     @staticmethod
     def _attention_group(g_rows, row, local, lens):

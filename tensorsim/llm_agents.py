@@ -32,7 +32,7 @@ class LLMAgents:
             stop_at_sentence_end=bool(g.stop_at_sentence_end), share_prefix=bool(g.share_prefix),
             dedup_prompts=bool(g.dedup_prompts), early_exit=bool(g.early_exit), max_rows=int(g.max_rows),
             memory_budget_gb=g.get("memory_budget_gb"), engine=str(g.get("engine", "auto")),
-            cuda_graphs=bool(g.get("cuda_graphs", True))))
+            cuda_graphs=bool(g.get("cuda_graphs", True)), continuous=bool(g.get("continuous", True))))
         self.prompts = PromptBuilder(tokenizer, cfg.prompt.template, cfg.prompt.answer_prefix,
                                      bool(cfg.model.chat_template), cfg.prompt.get("system"))
         self.required = cfg.prompt.required_phrase

@@ -109,6 +109,7 @@ def test_completed_run_directory_is_not_overwritten(smoke_run):
     (["model=llama2_7b_chat", "model.path=/nonexistent/llama"], "model.path=/nonexistent/llama"),
     (["model=llama2_7b_chat"], "model.path is required"),
     (["graph.backend=annoy"], "graph.backend='annoy'"),
+    (["generation.continuous=maybe"], "generation.continuous='maybe'"),
     (["kb=/nonexistent/kb.json"], "kb=/nonexistent/kb.json"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, overrides, fragment):

@@ -99,6 +99,28 @@ def test_a_row_does_not_depend_on_its_batch(small_llm):
     assert small(prompts, keys) == together
 
 
+def test_continuous_batching_refills_slots_without_changing_answers(small_llm, monkeypatch):
+    """10 prompts through 4 cache slots: refilling a slot as soon as an answer ends gives the answers of
+    fixed micro-batches and of one batch of all rows, in fewer decode passes than fixed micro-batches."""
+    model, tok = small_llm
+    kb = load_kb()
+    prompts = _prompts(tok, [kb.answers[i][0] for i in range(8)] + [kb.answers[0][0]] * 2)
+    keys = rng.mix(9, torch.arange(len(prompts)))
+
+    def run(**settings):
+        gen = Generator(model, tok, SamplingConfig(temperature=0.75, max_new_tokens=20, **settings))
+        passes, real = [], gen._decode
+        monkeypatch.setattr(gen, "_decode", lambda *a: passes.append(a[-1].numel()) or real(*a))
+        return gen(prompts, keys), passes
+
+    refilled, refilled_passes = run(max_rows=4)
+    chunked, chunked_passes = run(max_rows=4, continuous=False)
+    whole, _ = run(max_rows=256)
+    assert refilled == chunked == whole
+    assert len(refilled_passes) < len(chunked_passes)
+    assert max(refilled_passes) <= 4 and sum(refilled_passes) == sum(chunked_passes)  # same rows decoded
+
+
 def test_stops_at_sentence_end_and_drops_eos(small_llm):
     model, tok = small_llm
     kb = load_kb()

@@ -174,6 +174,58 @@ def _decode_twice(fast, make_decode, seqs, steps=5):
     return out
 
 
+def test_refilled_slots_decode_like_fresh_rows():
+    """Continuous batching (tensorsim.slots): prompts prefilled into freed slots of a live cache (over
+    the longer stale keys of the rows that left, one prompt copied to two slots) and decoded next to a
+    row mid-answer, then compacted, give the transformers logits at every step."""
+    from tensorsim.slots import SlotCache
+
+    model = _tiny()
+    fast = FastLlama(model)
+    g = torch.Generator().manual_seed(1)
+    prefix = [5, 6, 7]
+
+    def tokens(n):
+        return torch.randint(3, 300, (n,), generator=g).tolist()
+
+    def check(logits, active, seqs):
+        ref = _reference_last_logits(model, [seqs[int(s)] for s in active])
+        assert torch.allclose(logits, ref, atol=1e-4 * ref.abs().max(), rtol=0)
+
+    def step(batch, active, logits, seqs):
+        nxt = logits.argmax(-1)
+        for s, t in zip(active.tolist(), nxt.tolist()):
+            seqs[s] = seqs[s] + [t]
+        logits = batch.decode(active, nxt)
+        check(logits, active, seqs)
+        return logits
+
+    with torch.inference_mode():
+        batch = SlotCache(fast, 3, fast.prefix_cache(prefix))
+        first = [tokens(9), tokens(4), tokens(30)]  # 30 own tokens: the cache grows past one chunk
+        active, logits = batch.admit(first, [0, 1, 2])
+        seqs = {int(s): prefix + x for s, x in zip(active, first)}
+        check(logits, active, seqs)
+        for _ in range(2):
+            logits = step(batch, active, logits, seqs)
+        batch.release(active[[0, 2]])  # the longest rows leave; slot 1 is mid-answer
+        assert batch.free == [0, 2]
+        new = tokens(3)
+        slots, new_logits = batch.admit([new], [0, 0])  # one prompt asked twice: prefilled once
+        assert slots.tolist() == [0, 2] and torch.equal(new_logits[0], new_logits[1])
+        seqs.update({0: prefix + new, 2: prefix + new})
+        active, logits = torch.cat([active[[1]], slots]), torch.cat([logits[[1]], new_logits])  # slots 1, 0, 2
+        check(logits, active, seqs)
+        for _ in range(2):
+            logits = step(batch, active, logits, seqs)
+        batch.release(active[[0]])  # slot 1 leaves; nothing waits: compact to 2 rows
+        remaining = active[1:]
+        active = batch.compact(remaining)
+        assert batch.cache.rows == 2 and sorted(active.tolist()) == [0, 1]
+        seqs = {int(a): seqs[int(r)] for a, r in zip(active, remaining)}
+        step(batch, active, logits[1:], seqs)
+
+
 def test_a_fixed_attention_span_gives_the_same_logits():
     """CUDA graphs need static shapes: decode over a fixed span of cache positions (masked past each
     row's length) must equal decode over just the used positions."""

@@ -55,10 +55,11 @@ def _prompts(tok, count):
 
 
 def test_out_of_memory_halves_the_micro_batch_and_keeps_answers(small_llm, monkeypatch):
+    """The transformers engine (fixed micro-batches)."""
     model, tok = small_llm
     prompts = _prompts(tok, 6)
     keys = rng.mix(2, torch.arange(6))
-    cfg = SamplingConfig(temperature=0.75, max_new_tokens=12, max_rows=8)
+    cfg = SamplingConfig(temperature=0.75, max_new_tokens=12, max_rows=8, engine="hf")
     expected = Generator(model, tok, cfg)(prompts, keys)
     gen = Generator(model, tok, cfg)
     real = gen._generate_chunk
@@ -71,6 +72,32 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_answers(small_llm, monke
     monkeypatch.setattr(gen, "_generate_chunk", fails_above_two_rows)
     assert gen(prompts, keys) == expected
     assert gen.max_rows == 2 and gen.stats.oom_retries == 2  # 8 -> 4 -> 2 rows per pass
+
+
+def test_out_of_memory_in_continuous_batching_keeps_finished_answers(small_llm, monkeypatch):
+    """The fast engine: an out-of-memory error while refilling a slot halves the slots; answers that had
+    ended are kept, the rest start over, and every answer is the one an undisturbed run gives."""
+    from tensorsim.slots import SlotCache
+
+    model, tok = small_llm
+    prompts = _prompts(tok, 6)
+    keys = rng.mix(2, torch.arange(6))
+    cfg = SamplingConfig(temperature=0.75, max_new_tokens=12, max_rows=4)
+    expected = Generator(model, tok, cfg)(prompts, keys)
+    gen = Generator(model, tok, cfg)
+    real, calls = SlotCache.admit, []
+
+    def fails_on_first_refill(self, seqs, inverse):
+        calls.append(len(inverse))
+        if len(calls) == 2:  # the first refill: at least one answer has ended
+            raise torch.OutOfMemoryError("injected")
+        return real(self, seqs, inverse)
+
+    monkeypatch.setattr(SlotCache, "admit", fails_on_first_refill)
+    assert gen(prompts, keys) == expected
+    assert gen.max_rows == 2 and gen.stats.oom_retries == 1
+    assert calls[0] == 4 and max(calls[2:]) <= 2
+    assert sum(calls[2:]) < 6  # rows whose answer had ended were not generated again
 
 
 def test_memory_budget_sets_rows_per_pass(small_llm):
