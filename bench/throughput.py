@@ -33,6 +33,9 @@ def main(argv=None):
     ap.add_argument("--skip-sequential", action="store_true")
     ap.add_argument("--also-engines", nargs="*", default=["hf"], choices=["fast", "hf"],
                     help="also measure the batched engine with these generation.engine values")
+    ap.add_argument("--also-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="also measure the batched engine with each of these overrides, e.g. "
+                         "generation.continuous=false (one row each)")
     ap.add_argument("overrides", nargs="*", help="hydra overrides, e.g. generation.max_new_tokens=60")
     args = ap.parse_args(argv)
     base = (f"trial.n={args.n}", f"trial.k={args.k}", f"trial.replicas={args.replicas}", *args.overrides)
@@ -42,6 +45,9 @@ def main(argv=None):
     for other in args.also_engines:  # the same workload on another generation engine, same process
         alt, *_ = build_llm_engine(config(*base, f"generation.engine={other}"), model, tok, embedder)
         rows[f"batched_{other}"] = measure_steps(alt, args.steps)
+    for override in args.also_overrides:
+        alt, *_ = build_llm_engine(config(*base, override), model, tok, embedder)
+        rows[f"batched[{override}]"] = measure_steps(alt, args.steps)
     if not args.skip_sequential:
         seq = SequentialSimulation(cfg, engine.kb, model, tok, embedder, engine.prompts, engine.generator.stop_ids)
         seq.step()  # warm-up
@@ -61,9 +67,10 @@ def main(argv=None):
                               "GFLOP": round(gflop, 1), "GFLOP_per_s": round(gflop / tm.seconds, 1),
                               "weight_GB_per_s": round(weight_bytes * (calls + decode_rows) / tm.seconds / 1e9, 1)}
     peaks = machine_peaks(next(model.parameters()).device, next(model.parameters()).dtype)
-    print(f"{'path':<14}{'agent-steps/s':>15}{'new tok/s':>12}{'seconds':>10}{'GFLOP/s':>10}")
+    width = max(14, *(len(name) + 2 for name in rows))
+    print(f"{'path':<{width}}{'agent-steps/s':>15}{'new tok/s':>12}{'seconds':>10}{'GFLOP/s':>10}")
     for name, r in rows.items():
-        print(f"{name:<14}{r['agent_steps_per_s']:>15.2f}{r['new_tokens_per_s']:>12.1f}{r['seconds']:>10.1f}"
+        print(f"{name:<{width}}{r['agent_steps_per_s']:>15.2f}{r['new_tokens_per_s']:>12.1f}{r['seconds']:>10.1f}"
               f"{r['GFLOP_per_s']:>10.1f}")
     # if every useful FLOP of the batched steps ran at the large-matmul rate
     gflop_per_agent_step = rows["batched"]["GFLOP"] / (engine.B * args.n * args.steps)
@@ -84,6 +91,9 @@ def main(argv=None):
     for other in args.also_engines:
         result[f"batched_vs_{other}"] = round(rows["batched"]["agent_steps_per_s"]
                                            / rows[f"batched_{other}"]["agent_steps_per_s"], 2)
+    for override in args.also_overrides:
+        result[f"batched_vs[{override}]"] = round(rows["batched"]["agent_steps_per_s"]
+                                                / rows[f"batched[{override}]"]["agent_steps_per_s"], 2)
     result.update(machine=peaks, ceiling=ceiling)
     result.update(engine=engine.generator.cfg.engine, device=device_name(), n=args.n, populations=engine.B,
                   measured_steps=args.steps, model=cfg.model.name, torch=torch.__version__)
