@@ -172,6 +172,7 @@ class Generator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stats = GenerationStats()
         self.max_rows = cfg.max_rows
+        self.slots_in_use = cfg.max_rows  # fast engine: cache slots of the current call
         self.kv_per_token = kv_bytes_per_token(model.config, next(model.parameters()).dtype)
         self.fast = self._fast_model(model, cfg.engine)
 
@@ -240,15 +241,14 @@ class Generator:
         ended before an out-of-memory error keep it; the others start over with fewer slots."""
         done: dict[int, list[int]] = {}
         while len(done) < len(prompts):
-            slots = self.max_rows
             try:
-                slots = self._decode_in_slots(prompts, row_keys, done)
+                self._decode_in_slots(prompts, row_keys, done)
             except torch.OutOfMemoryError:
-                self._out_of_memory(slots)
+                self._out_of_memory(self.slots_in_use)
         return [done[r] for r in range(len(prompts))]
 
-    def _decode_in_slots(self, prompts, row_keys, done: dict[int, list[int]]) -> int:
-        """Generates every row not in `done` into it, as rows finish. -> the number of slots used."""
+    def _decode_in_slots(self, prompts, row_keys, done: dict[int, list[int]]) -> None:
+        """Generates every row not in `done` into it, as rows finish."""
         cfg, dev = self.cfg, self.device
         by_prompt: dict[tuple, list[int]] = {}
         for r in range(len(prompts)):
@@ -259,12 +259,19 @@ class Generator:
         distinct = list(by_prompt)
         P = common_prefix_len([list(p) for p in distinct]) if (cfg.share_prefix and len(distinct) > 1) else 0
         n_slots = min(len(todo), self.rows_for_budget(max(len(prompts[r]) for r in todo), P))
+        self.slots_in_use = n_slots  # what an out-of-memory error halves
         graphs = cfg.cuda_graphs and dev.type == "cuda"
-        batch = SlotCache(self.fast, n_slots, self.fast.prefix_cache(prompts[todo[0]][:P]) if P else None,
-                          GraphedDecode(self.fast) if graphs else None)
+        prefix = self.fast.prefix_cache(prompts[todo[0]][:P]) if P else None
         self.stats.prefill_tokens += P
-        # refill once this many slots are free: a prefill of fewer rows runs at a poor rate
-        refill_at = max(1, n_slots // 8) if cfg.continuous and cfg.early_exit else n_slots
+
+        def new_batch():
+            return SlotCache(self.fast, n_slots, prefix, GraphedDecode(self.fast) if graphs else None)
+
+        batch = new_batch()
+        # continuous: refill once this many slots are free (a prefill of fewer rows runs at a poor rate);
+        # otherwise fixed micro-batches: the next one starts, in a fresh cache, when all rows have ended
+        continuous = cfg.continuous and cfg.early_exit
+        refill_at = max(1, n_slots // 8) if continuous else n_slots
         keys = row_keys.to(dev)
         waiting = list(reversed(todo))  # popped from the end
         new_ids = {r: [] for r in todo}
@@ -274,6 +281,8 @@ class Generator:
         finished = torch.empty(0, dtype=torch.bool, device=dev)  # ended, riding along (no early exit)
         logits = None
         while True:
+            if waiting and not continuous and active.numel() == 0 and batch.slots < n_slots:
+                batch = new_batch()  # the last micro-batch was compacted
             if waiting and len(batch.free) >= min(refill_at, len(waiting)):
                 admitted = [waiting.pop() for _ in range(min(len(batch.free), len(waiting)))]
                 slots, new_logits = self._admit(batch, prompts, admitted, P)
@@ -300,7 +309,7 @@ class Generator:
                 stay = ~leaving
                 active, rows, sampled, finished, token = (active[stay], rows[stay], sampled[stay],
                                                           finished[stay], token[stay])
-                if not waiting and active.numel():
+                if active.numel() and (not waiting or not continuous):  # no waiting prompt needs the slots
                     active = batch.compact(active)
             if active.numel() == 0:
                 logits = None
@@ -308,7 +317,6 @@ class Generator:
             logits = self._decode(batch, active, token)
             self.stats.decode_rows += active.numel()
             self.check_finite(logits, rows.cpu())
-        return n_slots
 
     def _admit(self, batch: SlotCache, prompts, admitted: list[int], P: int):
         """Prefills the admitted rows' prompts (after the shared prefix) into free slots -> (slots, logits)."""
@@ -330,8 +338,8 @@ class Generator:
         # float32 sum); one reduction instead of isfinite over [N, V]: 2 vs 49 ms at 240 rows on 2 cores
         if bool(torch.isfinite(logits.sum(-1)).all()):
             return
-        finite = torch.isfinite(logits).all(-1)
-        raise NonFiniteError(rows[~finite].tolist())
+        finite = torch.isfinite(logits).all(-1).cpu()  # rows: CPU indices whatever the device
+        raise NonFiniteError(rows.cpu()[~finite].tolist())
 
     def _generate_chunk(self, prompts, row_keys, offset: int = 0):
         cfg, dev = self.cfg, self.device

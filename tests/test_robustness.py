@@ -98,6 +98,20 @@ def test_out_of_memory_in_continuous_batching_keeps_finished_answers(small_llm, 
     assert gen.max_rows == 2 and gen.stats.oom_retries == 1
     assert calls[0] == 4 and max(calls[2:]) <= 2
     assert sum(calls[2:]) < 6  # rows whose answer had ended were not generated again
+    # the slots actually used are halved, not max_rows: 6 rows in 6 slots (of 256 allowed) -> 3
+    failed, calls = [], []
+
+    def fails_once(self, seqs, inverse):
+        if not failed:
+            failed.append(len(inverse))
+            raise torch.OutOfMemoryError("injected")
+        calls.append(len(inverse))
+        return real(self, seqs, inverse)
+
+    wide = Generator(model, tok, SamplingConfig(temperature=0.75, max_new_tokens=12, max_rows=256))
+    monkeypatch.setattr(SlotCache, "admit", fails_once)
+    assert wide(prompts, keys) == expected
+    assert failed == [6] and wide.max_rows == 3 and wide.stats.oom_retries == 1 and max(calls) == 3
 
 
 def test_memory_budget_sets_rows_per_pass(small_llm):
