@@ -7,6 +7,7 @@ import string
 from .errors import UserError
 from .graph import BACKENDS
 from .populations import as_list
+from .protocol import LABEL_RULES
 
 AGENT_KINDS = ("llm", "gmm")
 LABELERS = ("name", "centroid")
@@ -73,6 +74,12 @@ def validate_llm(cfg) -> None:
     need(fields <= {"context"}, "prompt.template", tpl, "only the field {context} (write other braces as {{ }})")
     need(isinstance(cfg.prompt.query, str) and cfg.prompt.query.strip(), "prompt.query", cfg.prompt.query,
          "a non-empty string")
+    rule = cfg.prompt.get("require_label", False)
+    need(isinstance(rule, bool) or rule in LABEL_RULES, "prompt.require_label", rule,
+         f"one of {', '.join(LABEL_RULES)} (true = any, false = off)")
+    system = cfg.prompt.get("system")
+    need(system is None or isinstance(system, str), "prompt.system", system,
+         'null (the chat template\'s default), "" (no system turn) or a text')
     g = cfg.generation
     need(_is_num(g.temperature) and g.temperature >= 0, "generation.temperature", g.temperature,
          "a number >= 0 (0 = greedy)")

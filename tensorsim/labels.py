@@ -28,6 +28,10 @@ class NameLabeler:
         m = self._pattern.search(text.lower())
         return self._index[m.group(1)] if m else UNLABELED
 
+    def all_labels(self, text: str) -> set[int]:
+        """Every label the text names (an answer's own label is the earliest of them)."""
+        return {self._index[m.group(1)] for m in self._pattern.finditer(text.lower())}
+
     def __call__(self, texts: list[str]) -> torch.Tensor:
         """texts: N strings -> [N] int64"""
         return torch.tensor([self.label_one(t) for t in texts], dtype=torch.int64)

@@ -17,6 +17,7 @@ from .knowledge import KnowledgeBase, retrieval_scores, retrieve
 from .labels import CentroidLabeler, NameLabeler
 from .populations import Populations
 from .prompts import PromptBuilder
+from .protocol import AnswerChecker, AnswerRules, generate_answers, label_rule
 from .step import StepRecord
 
 
@@ -35,8 +36,9 @@ class LLMAgents:
             cuda_graphs=bool(g.get("cuda_graphs", True)), continuous=bool(g.get("continuous", True))))
         self.prompts = PromptBuilder(tokenizer, cfg.prompt.template, cfg.prompt.answer_prefix,
                                      bool(cfg.model.chat_template), cfg.prompt.get("system"))
-        self.required = cfg.prompt.required_phrase
-        self.max_retries = int(g.max_retries)
+        rules = AnswerRules(cfg.prompt.required_phrase, label_rule(cfg.prompt.get("require_label", False)),
+                            int(g.max_retries))
+        self.checker = AnswerChecker(rules, NameLabeler(kb.labels))
 
         # retrieval keys and the query, embedded once (SPEC §1, retrieval)
         self.query = embedder.queries([cfg.prompt.query])[0]  # [d]
@@ -81,30 +83,29 @@ class LLMAgents:
         refs = torch.gather(self.entry_ref, -1, self.slots)  # [B, n, r]
         return ["\n".join(self.texts[j] for j in row) for row in refs.reshape(-1, self.top_r).tolist()]
 
-    def _generate(self, contexts: list[str], t: int) -> list[str]:
-        """ONE batched generation for all B*n agents; rows lacking the required phrase are regenerated
-        (up to max_retries more tries, as the paper), each try with fresh random keys."""
+    def _generate(self, contexts: list[str], t: int) -> tuple[list[str], dict[str, torch.Tensor]]:
+        """ONE batched generation for all B*n agents; rows that break the answer protocol (missing
+        phrase, or the label rule) are regenerated, each try with fresh random keys (protocol.py).
+        -> B*n answers, and the protocol's counters per population [B]."""
         agent = torch.arange(self.n)
-        responses: list[str | None] = [None] * len(contexts)
-        todo = list(range(len(contexts)))
         prompt_ids = self.prompts(contexts)
-        for attempt in range(1 + self.max_retries):
+
+        def generate(rows: list[int], attempt: int) -> list[str]:
             keys = rng.mix(self.pops.seeds.cpu()[:, None], rng.TOKEN, t, agent[None, :], attempt).reshape(-1)
             try:
-                new = self.generator([prompt_ids[r] for r in todo], keys[todo])
+                new = self.generator([prompt_ids[r] for r in rows], keys[rows])
             except NonFiniteError as e:
-                pops = sorted({todo[r] // self.n for r in e.rows})
+                pops = sorted({rows[r] // self.n for r in e.rows})
                 raise errors.NonFiniteError(f"non-finite logits at step {t} in population(s) {pops}") from None
-            self.generations += len(todo)
-            still = []
-            for r, ids in zip(todo, new):
-                responses[r] = self.prompts.response(ids)
-                if self.required and self.required.lower() not in responses[r].lower():
-                    still.append(r)
-            todo = still
-            if not todo:
-                break
-        return responses
+            return [self.prompts.response(ids) for ids in new]
+
+        responses, counts = generate_answers(generate, contexts, self.checker)
+        self.generations = counts.generations
+        per_pop = {"answers": torch.full((self.B,), self.n, dtype=torch.int64),
+                   "phrase_retries": counts.phrase_retries.reshape(self.B, self.n).sum(-1),
+                   "label_retries": counts.label_retries.reshape(self.B, self.n).sum(-1),
+                   "unlabeled_answers": counts.unlabeled.reshape(self.B, self.n).sum(-1)}
+        return responses, per_pop
 
     @torch.inference_mode()
     def step(self, t: int) -> StepRecord:
@@ -113,7 +114,7 @@ class LLMAgents:
         self.generations = 0
         mirrored = interact.mirror_coins(pops.seeds, pops.p, t, n)  # [B, n]
         contexts = self.contexts()
-        responses = self._generate(contexts, t)  # B*n
+        responses, protocol = self._generate(contexts, t)  # B*n
         emb = rearrange(self.embedder.responses(responses), "(b n) d -> b n d", b=B)  # [B, n, d]
         if not torch.isfinite(emb).all():
             bad = (~torch.isfinite(emb)).flatten(1).any(-1).nonzero().flatten().tolist()
@@ -126,7 +127,7 @@ class LLMAgents:
         self._update(source, responses)
         return StepRecord(labels=labels.cpu(), partner=source, mirrored=mirrored.cpu(), contexts=contexts,
                           responses=responses, new_tokens=self.generator.stats.new_tokens - tokens_before,
-                          generations=self.generations)
+                          generations=self.generations, protocol=protocol)
 
     def _update(self, src, responses):
         """SPEC §1 step 6 as a masked tensor update: agent i's context slot := index of r_src(i).

@@ -19,10 +19,30 @@ class PromptBuilder:
         user = self.template.format(context=context)
         if not self.use_chat_template:
             return user + (" " + self.answer_prefix if self.answer_prefix else "")
-        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
-        messages.append({"role": "user", "content": user})
+        if self.system_prompt == "":
+            chat = self._without_system_turn(user)
+        else:
+            messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+            messages.append({"role": "user", "content": user})
+            chat = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         # the answer prefix pre-fills the assistant turn, so the model continues the sentence
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + self.answer_prefix
+        return chat + self.answer_prefix
+
+    def _without_system_turn(self, user: str) -> str:
+        """The chat text with no system turn at all, also where the template inserts a default one
+        (SmolLM2's does): render a marker system turn, then cut that turn out."""
+        render = self.tokenizer.apply_chat_template
+        marker = "tensorsim-system-marker"
+        system_only = render([{"role": "system", "content": marker}], tokenize=False)
+        full = render([{"role": "system", "content": marker}, {"role": "user", "content": user}], tokenize=False,
+                      add_generation_prompt=True)
+        plain = render([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+        if not full.startswith(system_only):  # the system text sits inside the user turn (LLaMA-2's <<SYS>>)
+            return plain
+        rest = full[len(system_only):]
+        bos = self.tokenizer.bos_token or ""
+        # a template that opens with BOS before the system turn must still open with it
+        return bos + rest if bos and plain.startswith(bos) and not rest.startswith(bos) else rest
 
     def __call__(self, contexts: list[str]) -> list[list[int]]:
         out = []

@@ -66,6 +66,15 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     os.replace(tmp, run_dir / CHECKPOINT)  # a crash mid-save leaves the previous checkpoint intact
 
 
+def protocol_summary(protocol: dict[str, torch.Tensor], members) -> dict:
+    """Counters of the answer protocol summed over some populations, and the share of answers that named
+    no label of the knowledge base (after their retries)."""
+    members = list(members)
+    out = {key: int(v[members].sum()) for key, v in protocol.items()}
+    out["unlabeled_share"] = round(out["unlabeled_answers"] / out["answers"], 6) if out["answers"] else None
+    return out
+
+
 def simulate(cfg, run_dir: str | Path) -> dict:
     """Run the configured trial into run_dir and return the top-level summary. With resume=true, continue
     the run in run_dir from its last checkpoint, with the config it started with."""
@@ -94,11 +103,13 @@ def simulate(cfg, run_dir: str | Path) -> dict:
     E = torch.empty(T, B, dtype=torch.float64)
     silos = torch.empty(T, B, dtype=torch.int64)
     new_tokens = generations = 0
+    protocol: dict[str, torch.Tensor] = {}  # answer-protocol counters per population [B] (LLM agents)
     t0, elapsed_before = 0, 0.0
     if ckpt is not None:
         t0 = ckpt["t"]
         history[:t0], S[:t0], E[:t0], silos[:t0] = ckpt["history"], ckpt["S"], ckpt["E"], ckpt["silos"]
         new_tokens, generations, elapsed_before = ckpt["new_tokens"], ckpt["generations"], ckpt["elapsed"]
+        protocol = ckpt.get("protocol", {})
         agents.load_state_dict(ckpt["agents"])
         print(f"[tensorsim] resuming {run_dir} at step {t0} of {T}")
     writers = make_cell_writers(run_dir, pops, names, bool(cfg.output.transcript), bool(cfg.output.agents),
@@ -121,6 +132,8 @@ def simulate(cfg, run_dir: str | Path) -> dict:
             w.flush()
         new_tokens += rec.new_tokens
         generations += rec.generations
+        for key, v in (rec.protocol or {}).items():
+            protocol[key] = protocol.get(key, 0) + v
         elapsed = time.perf_counter() - start
         if t == t0 and T - t0 > 1:
             eta = (elapsed - elapsed_before) * (T - t0 - 1)
@@ -131,6 +144,7 @@ def simulate(cfg, run_dir: str | Path) -> dict:
                 "t": t + 1, "config": config_container, "agents": agents.state_dict(),
                 "history": history[:t + 1].clone(), "S": S[:t + 1].clone(), "E": E[:t + 1].clone(),
                 "silos": silos[:t + 1].clone(), "new_tokens": new_tokens, "generations": generations,
+                "protocol": {key: v.clone() for key, v in protocol.items()},
                 "elapsed": elapsed, "offsets": [w.tell() for w in writers]})
         post = {"silos": f"{silos[t].double().mean():.1f}", "E": f"{E[t].mean():.2f}"}
         if t > 0:
@@ -148,6 +162,8 @@ def simulate(cfg, run_dir: str | Path) -> dict:
         "agent_steps_per_s": round(B * n * T / wall, 2) if wall > 0 else None,
         "populations": B, "complete": True,
     }
+    if protocol:
+        common["protocol"] = protocol_summary(protocol, range(B))
     cell_summaries = []
     for c, w in enumerate(writers):
         k, p = pops.cells[c]
@@ -161,8 +177,13 @@ def simulate(cfg, run_dir: str | Path) -> dict:
                 "last_change_step": last_change_step(s_list),
                 "final_entropy": e_list[-1],
                 "silos": silo_patterns(history[:, b], rules, names),
+                "final_unlabeled": int((history[-1, b] < 0).sum()),
             })
+            if protocol:
+                replicas[-1]["protocol"] = protocol_summary(protocol, [b])
         summary = dict(common, k=k, p=p, replicas=replicas)
+        if protocol:
+            summary["protocol"] = protocol_summary(protocol, w.members)
         if cfg.output.plots:
             stab = {r: [None if t == 0 else float(S[t, b]) for t in range(T)] for b, r in zip(w.members, w.replicas)}
             ent = {r: E[:, b].tolist() for b, r in zip(w.members, w.replicas)}

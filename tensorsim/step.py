@@ -15,4 +15,5 @@ class StepRecord:
     responses: list[str] | None = None  # B*n, the answers
     new_tokens: int = 0
     generations: int = 0  # generate calls' rows, retries included
+    protocol: dict[str, torch.Tensor] | None = None  # per population [B] int64: answer-protocol counters
     extra: dict = field(default_factory=dict)
