@@ -30,5 +30,17 @@ def main(cfg: DictConfig) -> None:
         print(f"  k={c['k']} p={c['p']:g}: mean final silos {c['mean_final_n_silos']:.2f}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    from .overrides import check
+
+    try:
+        for warning in check(sys.argv[1:]):
+            print(warning, file=sys.stderr)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

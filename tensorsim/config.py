@@ -28,7 +28,44 @@ def need(cond: bool, key: str, value, allowed: str) -> None:
         raise UserError(f"{key}={value!r} is not allowed: {allowed}")
 
 
+# every boolean of the config: a typo must not become bool("maybe") = True
+BOOLEANS = ("overwrite", "resume", "output.transcript", "output.agents", "output.plots", "retrieval.every_step",
+            "model.chat_template", "model.trust_remote_code", "embedder.trust_remote_code",
+            "agents.update_means", "agents.update_variances")
+
+
+def validate_booleans(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    for key in BOOLEANS:
+        value = OmegaConf.select(cfg, key, default=None)
+        need(value is None or isinstance(value, bool), key, value, "true or false")
+
+
+def validate_backend(cfg) -> None:
+    """The triton kernel runs on CUDA only and keeps at most MAX_K neighbours: say so before anything loads."""
+    uses_graph = cfg.agents.kind == "llm" or cfg.agents.get("knn") == "graph"
+    if cfg.graph.backend != "triton" or not uses_graph:
+        return
+    import os
+
+    import torch
+
+    device = str(cfg.device)
+    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    need(on_cuda or os.environ.get("TRITON_INTERPRET") == "1", "graph.backend", "triton",
+         f"a CUDA device (device={device} runs on the CPU here); use torch or faiss")
+    try:
+        from kernels.knn_triton import MAX_K
+    except ImportError:
+        raise UserError("graph.backend='triton' is not allowed: the triton package is not installed "
+                        "(pip install triton), or use torch or faiss") from None
+    k_max = max(as_list(cfg.trial.k))
+    need(k_max <= MAX_K, "graph.backend", "triton", f"k <= {MAX_K} (trial.k={k_max}); use torch or faiss")
+
+
 def validate(cfg) -> None:
+    validate_booleans(cfg)
     t = cfg.trial
     need(_is_int(t.n) and t.n >= 2, "trial.n", t.n, "an integer >= 2")
     need(_is_int(t.steps) and t.steps >= 1, "trial.steps", t.steps, "an integer >= 1")
@@ -58,6 +95,7 @@ def validate(cfg) -> None:
     need(_is_num(w.decay_min_entropy_drop) and w.decay_min_entropy_drop > 0, "pattern.decay_min_entropy_drop",
          w.decay_min_entropy_drop, "a number > 0 (nats)")
     need(cfg.labeler in LABELERS, "labeler", cfg.labeler, f"one of {', '.join(LABELERS)}")
+    validate_backend(cfg)
 
     if cfg.agents.kind == "llm":
         validate_llm(cfg)

@@ -112,7 +112,8 @@ def simulate(cfg, run_dir: str | Path) -> dict:
         protocol = ckpt.get("protocol", {})
         agents.load_state_dict(ckpt["agents"])
         print(f"[tensorsim] resuming {run_dir} at step {t0} of {T}")
-    writers = make_cell_writers(run_dir, pops, names, bool(cfg.output.transcript), bool(cfg.output.agents),
+    transcript = bool(cfg.output.transcript) and cfg.agents.kind == "llm"  # GMM agents write no text
+    writers = make_cell_writers(run_dir, pops, names, transcript, bool(cfg.output.agents),
                                 ckpt["offsets"] if ckpt else None)
     config_container = ckpt["config"] if ckpt else OmegaConf.to_container(cfg, resolve=True)
 

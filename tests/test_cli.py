@@ -111,6 +111,12 @@ def test_completed_run_directory_is_not_overwritten(smoke_run):
     (["graph.backend=annoy"], "graph.backend='annoy'"),
     (["generation.continuous=maybe"], "generation.continuous='maybe'"),
     (["kb=/nonexistent/kb.json"], "kb=/nonexistent/kb.json"),
+    (["overwrite=maybe"], "overwrite='maybe'"),
+    (["output.transcript=yes_please"], "output.transcript='yes_please'"),
+    (["retrieval.every_step=sometimes"], "retrieval.every_step='sometimes'"),
+    (["graph.backend=triton", "device=cpu"], "graph.backend='triton'"),
+    (["trial.kk=5"], "did you mean trial.k?"),
+    (["generation.temprature=0.5"], "did you mean generation.temperature?"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, overrides, fragment):
     r = run_cli("trial=smoke", *overrides, f"hydra.run.dir={tmp_path / 'run'}")
@@ -141,3 +147,19 @@ def test_top_r_every_step_retrieval_and_centroid_labeler(tmp_path):
     assert [d["context"].split("\n")[0] for d in tr if d["t"] == 0] == [row[0] for row in kb.answers[:6]]
     # the centroid labeler always names a flower
     assert all(int(a["label"]) >= 0 for a in read_csv(tmp_path / "agents.csv"))
+
+
+def test_gmm_names_ignored_llm_options_and_writes_no_empty_transcript(tmp_path):
+    r = run_cli("trial=smoke", "agents=gmm", "labeler=centroid", "prompt.system=hi", "trial.steps=1", "trial.window=1",
+                "output.plots=false", f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    warnings = [line for line in r.stderr.splitlines() if "warning:" in line]
+    assert len(warnings) == 2 and "labeler is ignored with agents=gmm" in warnings[0] and "prompt.system" in warnings[1]
+    assert not (tmp_path / "transcript.jsonl").exists() and (tmp_path / "agents.csv").is_file()
+
+
+def test_triton_backend_with_too_many_neighbours_is_refused_before_loading(tmp_path):
+    r = run_cli("trial=smoke", "graph.backend=triton", "trial.n=200", "trial.k=150", f"hydra.run.dir={tmp_path}",
+                env={"TRITON_INTERPRET": "1"})
+    assert r.returncode == 2 and "k <= 128" in r.stderr and "Traceback" not in r.stderr
+    assert not list(tmp_path.glob("*.partial"))
