@@ -172,3 +172,31 @@ def test_resuming_a_cuda_run_without_cuda_names_the_override(tmp_path):
             resumed_config(stored, compose_like(device="auto"))
     cfg = resumed_config(stored, compose_like(device="cpu"))
     assert cfg.device == "cpu" and cfg.seed == 3
+
+
+def test_a_numbered_cuda_device_becomes_the_current_one(monkeypatch):
+    """device=cuda:1: graphs, their streams and Triton kernels launch on the current device, so
+    resolve_device makes it cuda:1; a device the machine lacks is refused."""
+    from tensorsim.errors import UserError
+    from tensorsim.models import resolve_device
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(torch.device(d)))
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and current == [torch.device("cuda", 1)]
+    with pytest.raises(UserError, match="has 2 CUDA device"):
+        resolve_device("cuda:2")
+    assert resolve_device("cuda") == torch.device("cuda") and len(current) == 1  # unnumbered: the current one
+
+
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_auto_dtype_uses_bf16_only_where_the_gpu_computes_it(monkeypatch, native, expected):
+    from tensorsim.models import resolve_dtype
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(
+        including_emulation) or native)
+    assert resolve_dtype("auto", torch.device("cuda")) == expected
+    assert asked == [False]  # emulated bf16 (e.g. a T4) is slower than float16
+    assert resolve_dtype("float32", torch.device("cuda")) == torch.float32
