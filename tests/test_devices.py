@@ -60,7 +60,7 @@ def test_centroid_labels_are_computed_on_the_embeddings_device():
         assert got.device == SIM and torch.equal(got.cpu(), expected)
 
 
-def _prompts(dirs, n):
+def _prompts(n):
     tok = tiny_models.tokenizer()
     kb = load_kb()
     return [tok(f"<|user|>{kb.answers[i][0]}\n<|assistant|>The prettiest flower is")["input_ids"] for i in range(n)]
@@ -71,7 +71,7 @@ def test_a_decode_pass_reads_the_device_once(tiny_models, monkeypatch):
     tokens with the rows' finiteness); the rest of the loop decides on host mirrors. Prefills (the
     shared prefix, admissions) and compactions may wait; they are rare."""
     cfg = _cfg(tiny_models)
-    prompts = _prompts(tiny_models, 10)
+    prompts = _prompts(10)
     keys = torch.arange(10) * 7919
     with sim_device() as mode:
         model, tok = load_llm(cfg.model, SIM, torch.float32)
@@ -106,7 +106,7 @@ def test_the_device_cache_is_allocated_once_at_its_budgeted_capacity(tiny_models
     """On an accelerator the slot cache holds prompt + max_new_tokens from the start, so it never grows
     (growing holds two copies at once, which memory_budget_gb does not count)."""
     cfg = _cfg(tiny_models)
-    prompts = _prompts(tiny_models, 5)
+    prompts = _prompts(5)
     grown, real = [], KVCache.reshaped
 
     def reshaped(self, rows, capacity):
