@@ -8,12 +8,14 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def config(*overrides: str):
+    # imported here: gpu_decode.py uses this module on GPU images that lack hydra
+    from hydra import compose, initialize_config_dir
+
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
 

@@ -3,14 +3,15 @@
 tokens/s and achieved memory bandwidth next to the device's bound, and the projected time of the
 authors' full grid (1,360 runs x 80 steps x 30 agents = 3.26M generations).
 
-    python bench/gpu_decode.py --batch 30 240          # on a GPU, bf16
+    python bench/gpu_decode.py --batch 30 240          # on a GPU, bf16 (float16 before Ampere)
     python bench/gpu_decode.py --tiny --device cpu     # the same code path on a tiny model
-Last line: one JSON object.
+Last line: one JSON object, also when a measurement fails or --budget-s runs out (those rows say so).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -42,6 +43,9 @@ def build_model(tiny: bool, device, dtype):
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.02, generator=g)
+    # to_empty left the rotary tables (buffers computed in __init__) uninitialised: NaN logits.
+    # Rebuilt after the dtype cast, so inv_freq stays float32 as from_pretrained keeps it.
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg).to(device)
     return model.eval(), cfg
 
 
@@ -53,17 +57,22 @@ def bench_batch(model, cfg, batch: int, prompt_len: int, new_tokens: int, device
     from tensorsim.llama import GraphedDecode
 
     ids = torch.randint(3, cfg.vocab_size, (batch, prompt_len), device=device)
+    kv_tokens = prompt_len + new_tokens / 2  # cache positions a step reads, on average
     with torch.inference_mode():
         if engine == "fast":
             seqs = ids.tolist()
             with Timer() as tp:
                 logits, cache = fast.prefill(seqs, None, extra=new_tokens + 1)
-            decode = GraphedDecode(fast) if device.type == "cuda" else fast.decode
+            decode = fast.decode
+            if device.type == "cuda":  # one graph over the whole capacity, captured before the timer
+                decode = GraphedDecode(fast)
+                decode.prepare(cache, cache.k.shape[3])
+                kv_tokens = cache.k.shape[3]  # the graph attends its whole span
             token = logits.argmax(-1)
-            decode(token, cache)  # capture (CUDA) outside the timed loop
             with Timer() as td:
                 for _ in range(new_tokens):
-                    token = decode(token, cache).argmax(-1)
+                    logits = decode(token, cache)
+                    token = logits.argmax(-1)
         else:
             mask = torch.ones_like(ids)
             cache = DynamicCache()
@@ -75,13 +84,13 @@ def bench_batch(model, cfg, batch: int, prompt_len: int, new_tokens: int, device
                     mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], 1)
                     logits = decode_one_token(model, token, mask, mask.sum(-1, keepdim=True) - 1, cache)
                     token = logits.argmax(-1, keepdim=True)
+        finite = bool(torch.isfinite(logits).all())  # random weights, but never NaN (RoPE tables built)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    kv_bytes_avg = (2 * cfg.num_hidden_layers * cfg.hidden_size * batch * (prompt_len + new_tokens / 2)
-                    * model.dtype.itemsize)
+    kv_bytes_avg = 2 * cfg.num_hidden_layers * cfg.hidden_size * batch * kv_tokens * model.dtype.itemsize
     step_s = td.seconds / new_tokens
     return {"engine": engine, "batch": batch, "prefill_s": round(tp.seconds, 4),
             "decode_step_ms": round(step_s * 1e3, 3), "decode_tokens_per_s": round(batch / step_s, 1),
-            "achieved_GBps": round((weight_bytes + kv_bytes_avg) / step_s / 1e9, 1)}
+            "achieved_GBps": round((weight_bytes + kv_bytes_avg) / step_s / 1e9, 1), "finite_logits": finite}
 
 
 def main(argv=None):
@@ -92,17 +101,37 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="a tiny LLaMA instead of the 7B shape")
     ap.add_argument("--engines", nargs="*", default=["fast", "hf"], choices=["fast", "hf"])
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="start no measurement after this many seconds (the JSON line still comes)")
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model, cfg = build_model(args.tiny, device, dtype)
-    bound = next((v for k, v in BANDWIDTH.items() if k in device_name()), None)
-    from tensorsim.llama import FastLlama
+    start = time.perf_counter()
+    from tensorsim.models import resolve_device, resolve_dtype
 
-    fast = FastLlama(model)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype("auto", device) if device.type == "cuda" else torch.float32
+    head = {"model": "tiny-llama" if args.tiny else "llama-2-7b-shape (random weights)", "dtype": str(dtype),
+            "device": device_name()}
+    try:
+        model, cfg = build_model(args.tiny, device, dtype)
+        from tensorsim.llama import FastLlama
+
+        fast = FastLlama(model)
+    except Exception as e:  # noqa: BLE001 - the JSON line must come whatever fails
+        emit(dict(head, error=f"{type(e).__name__}: {e}"[:500], results=[]))
+        return
+    bound = next((v for k, v in BANDWIDTH.items() if k in device_name()), None)
     rows = []
     for engine, b in [(e, b) for b in args.batch for e in args.engines]:
-        r = bench_batch(model, cfg, b, args.prompt_len, args.new_tokens, device, engine, fast)
+        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+            rows.append({"engine": engine, "batch": b, "skipped": f"past --budget-s {args.budget_s:g}"})
+            continue
+        try:
+            r = bench_batch(model, cfg, b, args.prompt_len, args.new_tokens, device, engine, fast)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory at one batch: the others still count
+            rows.append({"engine": engine, "batch": b, "error": f"{type(e).__name__}: {e}"[:300]})
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
         if bound:
             r["bandwidth_bound_GBps"] = bound / 1e9
             r["share_of_bound"] = round(r["achieved_GBps"] * 1e9 / bound, 3)
@@ -111,8 +140,7 @@ def main(argv=None):
         r["projected_grid_hours"] = round(GRID_GENERATIONS * per_gen_s / 3600, 2)
         rows.append(r)
         print(r, flush=True)
-    emit({"model": "tiny-llama" if args.tiny else "llama-2-7b-shape (random weights)", "dtype": str(dtype),
-          "device": device_name(), "results": rows})
+    emit(dict(head, results=rows))
 
 
 if __name__ == "__main__":

@@ -128,20 +128,24 @@ def main(argv=None):
     ap.add_argument("--p", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--max-total-s", type=float, default=None,
+                    help="start no configuration after this many seconds (the JSON line still comes)")
     args = ap.parse_args(argv)
+    start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
     base = bench_numpy(30, min(args.k, 29), args.p, args.numpy_steps)
-    rows = []
-    for n in [int(s) for s in args.sizes.split(",") if s]:
-        rate, knn_s, t0 = bench_engine(n, 1, args.k, args.p, 30, args.steps, device)
-        rows.append({"sweep": "n", "n": n, "replicas": 1, "agent_steps_per_s": rate, "knn_s": knn_s,
-                     "step0_s": t0, "speedup": rate / base})
-    for r in [int(s) for s in args.replicas.split(",") if s]:
-        rate, knn_s, t0 = bench_engine(30, r, min(args.k, 29), args.p, 30, args.steps, device)
-        rows.append({"sweep": "replicas", "n": 30, "replicas": r, "agent_steps_per_s": rate, "knn_s": knn_s,
+    rows, skipped = [], []
+    plan = ([("n", int(s), 1, args.k) for s in args.sizes.split(",") if s]
+            + [("replicas", 30, int(s), min(args.k, 29)) for s in args.replicas.split(",") if s])
+    for sweep, n, r, k in plan:
+        if args.max_total_s is not None and time.perf_counter() - start > args.max_total_s:
+            skipped.append({"sweep": sweep, "n": n, "replicas": r})
+            continue
+        rate, knn_s, t0 = bench_engine(n, r, k, args.p, 30, args.steps, device)
+        rows.append({"sweep": sweep, "n": n, "replicas": r, "agent_steps_per_s": rate, "knn_s": knn_s,
                      "step0_s": t0, "speedup": rate / base})
 
     print(f"device {device}, torch threads {torch.get_num_threads()}, k={args.k}, p={args.p}, C=30, m=5, D=1")
@@ -153,7 +157,17 @@ def main(argv=None):
         print(f"{r['sweep']:>9} {r['n']:>8} {r['replicas']:>8} {r['agent_steps_per_s']:>14,.0f} "
               f"{r['speedup']:>9.1f} {r['knn_s']:>10.4f} {r['step0_s']:>9.3f} {per_step:>8.3f}")
 
-    out = Path(args.out)
+    try:
+        plot(rows, base, device, Path(args.out))
+    except ImportError as e:  # a bare GPU image may lack matplotlib: the JSON line matters more
+        print(f"no plot ({e})")
+    print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "k": args.k, "p": args.p,
+                      "numpy_agent_steps_per_s": round(base, 1), "skipped": skipped,
+                      "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+                               for r in rows]}))
+
+
+def plot(rows, base, device, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     import matplotlib
     matplotlib.use("Agg")
@@ -173,10 +187,6 @@ def main(argv=None):
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     print(f"plot: {out}")
-    print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "k": args.k, "p": args.p,
-                      "numpy_agent_steps_per_s": round(base, 1),
-                      "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-                               for r in rows]}))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ sets that variable.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -166,10 +168,12 @@ def knn_triton(x: torch.Tensor, k: int, *, block_m: int | None = None, block_n: 
     if B == 0:
         return out
     grid = (B, triton.cdiv(n, block_m))
-    _knn_kernel[grid](
-        xt, out, n, d,
-        K=k, K_PAD=k_pad, BLOCK_M=block_m, BLOCK_N=block_n,
-        num_warps=num_warps or 4,
-        enable_fp_fusion=False,  # acc + diff * diff rounded twice, like the sequential reference
-    )
+    # Triton launches on the current CUDA device: make it x's (x on cuda:1 while cuda:0 is current)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _knn_kernel[grid](
+            xt, out, n, d,
+            K=k, K_PAD=k_pad, BLOCK_M=block_m, BLOCK_N=block_n,
+            num_warps=num_warps or 4,
+            enable_fp_fusion=False,  # acc + diff * diff rounded twice, like the sequential reference
+        )
     return out

@@ -167,6 +167,8 @@ class Generator:
                 text = tokenizer.convert_tokens_to_string([tok]).strip().rstrip("\"')”’")
                 if text and text[-1] in ".!?" and not any(ch.isdigit() for ch in text):
                     self.stop_ids[i] = True
+        # host copies: the fast engine decides which rows end on the host, from the drawn token ids
+        self.stop_set, self.eos_set = set(self.stop_ids.nonzero().flatten().tolist()), set(eos)
         self.stop_ids = self.stop_ids.to(self.device)
         self.eos_ids = self.eos_ids.to(self.device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -248,7 +250,9 @@ class Generator:
         return [done[r] for r in range(len(prompts))]
 
     def _decode_in_slots(self, prompts, row_keys, done: dict[int, list[int]]) -> None:
-        """Generates every row not in `done` into it, as rows finish."""
+        """Generates every row not in `done` into it, as rows finish. Per decode pass the device is
+        read once (the drawn tokens and the rows' finiteness, one transfer); everything else about
+        the rows (slots, prompt, tokens drawn, ended) is kept on the host."""
         cfg, dev = self.cfg, self.device
         by_prompt: dict[tuple, list[int]] = {}
         for r in range(len(prompts)):
@@ -258,14 +262,17 @@ class Generator:
         todo = [r for rows in by_prompt.values() for r in rows]
         distinct = list(by_prompt)
         P = common_prefix_len([list(p) for p in distinct]) if (cfg.share_prefix and len(distinct) > 1) else 0
-        n_slots = min(len(todo), self.rows_for_budget(max(len(prompts[r]) for r in todo), P))
+        longest = max(len(prompts[r]) for r in todo)
+        n_slots = min(len(todo), self.rows_for_budget(longest, P))
         self.slots_in_use = n_slots  # what an out-of-memory error halves
         graphs = cfg.cuda_graphs and dev.type == "cuda"
+        # an accelerator's cache is allocated once at the size the budget counted (growing copies it)
+        capacity = None if dev.type == "cpu" else longest - P + cfg.max_new_tokens
         prefix = self.fast.prefix_cache(prompts[todo[0]][:P]) if P else None
         self.stats.prefill_tokens += P
 
         def new_batch():
-            return SlotCache(self.fast, n_slots, prefix, GraphedDecode(self.fast) if graphs else None)
+            return SlotCache(self.fast, n_slots, prefix, GraphedDecode(self.fast) if graphs else None, capacity)
 
         batch = new_batch()
         # continuous: refill once this many slots are free (a prefill of fewer rows runs at a poor rate);
@@ -275,51 +282,61 @@ class Generator:
         keys = row_keys.to(dev)
         waiting = list(reversed(todo))  # popped from the end
         new_ids = {r: [] for r in todo}
-        active = torch.empty(0, dtype=torch.long, device=dev)  # slot of each batch row
-        rows = torch.empty(0, dtype=torch.long, device=dev)  # prompt index of each batch row
-        sampled = torch.empty(0, dtype=torch.long, device=dev)  # tokens each batch row has drawn
-        finished = torch.empty(0, dtype=torch.bool, device=dev)  # ended, riding along (no early exit)
-        logits = None
+        # per batch row, on the host: its slot, its prompt, tokens drawn, ended (riding along without early exit)
+        active, rows, sampled, finished = [], [], [], []
+        logits = token = None  # [A, V], [A] on the device
         while True:
-            if waiting and not continuous and active.numel() == 0 and batch.slots < n_slots:
+            if waiting and not continuous and not active and batch.slots < n_slots:
                 batch = new_batch()  # the last micro-batch was compacted
             if waiting and len(batch.free) >= min(refill_at, len(waiting)):
                 admitted = [waiting.pop() for _ in range(min(len(batch.free), len(waiting)))]
                 slots, new_logits = self._admit(batch, prompts, admitted, P)
-                active, rows = torch.cat([active, slots]), torch.cat([rows, torch.tensor(admitted, device=dev)])
-                sampled = torch.cat([sampled, torch.zeros_like(slots)])
-                finished = torch.cat([finished, torch.zeros_like(slots, dtype=torch.bool)])
+                active, rows = active + slots, rows + admitted
+                sampled, finished = sampled + [0] * len(slots), finished + [False] * len(slots)
                 logits = new_logits if logits is None else torch.cat([logits, new_logits])
-            if active.numel() == 0:
+            if not active:
                 break
-            token = sample(logits, rng.uniform(keys[rows], sampled), cfg.temperature, cfg.top_p)  # [A]
-            keeps_token = ~self.eos_ids[token] & ~finished
-            for r, tok, kept in zip(rows.tolist(), token.tolist(), keeps_token.tolist()):
-                if kept:
-                    new_ids[r].append(tok)
-            self.stats.new_tokens += int((~finished).sum())
-            sampled = sampled + 1
-            finished = finished | self.stop_ids[token] | (sampled >= cfg.max_new_tokens)
+            token, drawn = self._draw(logits, keys, rows, sampled)
+            for i, (r, tok) in enumerate(zip(rows, drawn)):
+                if not finished[i]:
+                    if tok not in self.eos_set:
+                        new_ids[r].append(tok)
+                    self.stats.new_tokens += 1
+                sampled[i] += 1
+                finished[i] = finished[i] or tok in self.stop_set or sampled[i] >= cfg.max_new_tokens
             # without early exit, ended rows ride along (computed, discarded) until every row has ended
-            leaving = finished if cfg.early_exit or bool(finished.all()) else torch.zeros_like(finished)
-            if bool(leaving.any()):
-                for r in rows[leaving].tolist():
-                    done[r] = new_ids.pop(r)
-                batch.release(active[leaving])
-                stay = ~leaving
-                active, rows, sampled, finished, token = (active[stay], rows[stay], sampled[stay],
-                                                          finished[stay], token[stay])
-                if active.numel() and (not waiting or not continuous):  # no waiting prompt needs the slots
+            if any(finished) and (cfg.early_exit or all(finished)):
+                stay = [i for i, f in enumerate(finished) if not f]
+                for i, f in enumerate(finished):
+                    if f:
+                        done[rows[i]] = new_ids.pop(rows[i])
+                batch.release([s for s, f in zip(active, finished) if f])
+                active, rows, sampled, finished = ([x[i] for i in stay] for x in (active, rows, sampled, finished))
+                token = token[torch.tensor(stay).to(dev, non_blocking=True)] if stay else None
+                if active and (not waiting or not continuous):  # no waiting prompt needs the slots
                     active = batch.compact(active)
-            if active.numel() == 0:
+            if not active:
                 logits = None
                 continue
             logits = self._decode(batch, active, token)
-            self.stats.decode_rows += active.numel()
-            self.check_finite(logits, rows.cpu())
+            self.stats.decode_rows += len(active)
+
+    def _draw(self, logits: torch.Tensor, keys: torch.Tensor, rows: list[int], sampled: list[int]):
+        """Draws each batch row's next token. logits: [A, V]; keys: [N] row keys on the device; rows,
+        sampled: A ints -> (tokens [A] on the device, the same A tokens on the host). The tokens and
+        the logits' finiteness come back in one transfer; non-finite logits raise NonFiniteError."""
+        cfg = self.cfg
+        counters = torch.tensor([rows, sampled]).to(logits.device, non_blocking=True)  # [2, A]
+        token = sample(logits, rng.uniform(keys[counters[0]], counters[1]), cfg.temperature, cfg.top_p)  # [A]
+        finite = torch.isfinite(logits.sum(-1))  # see check_finite
+        drawn, ok = torch.stack([token, finite.long()]).tolist()  # the pass's one device-to-host transfer
+        if not all(ok):
+            raise NonFiniteError([r for r, good in zip(rows, ok) if not good])
+        return token, drawn
 
     def _admit(self, batch: SlotCache, prompts, admitted: list[int], P: int):
-        """Prefills the admitted rows' prompts (after the shared prefix) into free slots -> (slots, logits)."""
+        """Prefills the admitted rows' prompts (after the shared prefix) into free slots -> (slots, logits).
+        (Their logits are checked for finiteness when drawn from.)"""
         if self.cfg.dedup_prompts:
             distinct: dict[tuple, int] = {}
             inverse = [distinct.setdefault(tuple(prompts[r][P:]), len(distinct)) for r in admitted]
@@ -327,7 +344,6 @@ class Generator:
         else:
             inverse, seqs = list(range(len(admitted))), [prompts[r][P:] for r in admitted]
         slots, logits = batch.admit(seqs, inverse)
-        self.check_finite(logits, torch.tensor(admitted))
         self.stats.prefill_tokens += sum(len(s) for s in seqs)
         self.stats.forward_rows += len(seqs)
         return slots, logits

@@ -41,10 +41,12 @@ class CentroidLabeler:
     """Name-free labeler: nearest centroid, in embedding space, of the reference answers of each label."""
 
     def __init__(self, reference: torch.Tensor, reference_labels: torch.Tensor, num_labels: int):
-        # reference: [M, d] embeddings of labelled answers; reference_labels: [M] in [0, num_labels)
-        d = reference.shape[-1]
-        sums = torch.zeros(num_labels, d, dtype=reference.dtype).index_add_(0, reference_labels, reference)
-        counts = torch.bincount(reference_labels, minlength=num_labels).clamp_min(1)
+        # reference: [M, d] embeddings of labelled answers; reference_labels: [M] in [0, num_labels).
+        # The centroids live on the reference's device (the embedder's), wherever the labels come from.
+        d, dev = reference.shape[-1], reference.device
+        labels = reference_labels.to(dev)
+        sums = torch.zeros(num_labels, d, dtype=reference.dtype, device=dev).index_add_(0, labels, reference)
+        counts = torch.bincount(labels, minlength=num_labels).clamp_min(1)
         self.centroids = sums / counts[:, None].to(reference.dtype)  # [L, d]
 
     def __call__(self, embeddings: torch.Tensor) -> torch.Tensor:

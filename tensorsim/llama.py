@@ -116,12 +116,17 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 class KVCache:
     """Keys and values of N rows. prefix_*: [L, H_kv, P, D] shared by all rows; k, v: [L, N, H_kv, C, D]
-    each row's own tokens, left-aligned; lengths: [N] own tokens written so far."""
+    each row's own tokens, left-aligned; lengths: [N] own tokens written so far, on the cache's device
+    (the decode kernels read it); host_lengths: [N] the same on the CPU, kept in step by every writer,
+    so shapes and attention spans are decided without a device-to-host sync."""
 
     GROW = 32  # capacity grows in chunks of this many tokens
 
-    def __init__(self, prefix_k, prefix_v, k, v, lengths):
+    def __init__(self, prefix_k, prefix_v, k, v, lengths, host_lengths=None):
         self.prefix_k, self.prefix_v, self.k, self.v, self.lengths = prefix_k, prefix_v, k, v, lengths
+        if host_lengths is None and lengths is not None:
+            host_lengths = lengths.cpu()  # one sync, at creation only
+        self.host_lengths = host_lengths
 
     @property
     def prefix_len(self) -> int:
@@ -132,11 +137,19 @@ class KVCache:
         return self.k.shape[1]
 
     def used(self) -> int:
-        return int(self.lengths.max()) if self.lengths.numel() else 0
+        """The longest row's own tokens (from the host mirror: no sync)."""
+        return int(self.host_lengths.max()) if self.host_lengths.numel() else 0
+
+    def set_lengths(self, rows: list[int], values: torch.Tensor) -> None:
+        """lengths[rows] = values (CPU int64 [len(rows)]), on the device and in the host mirror."""
+        idx = torch.tensor(rows, dtype=torch.long)
+        self.lengths[idx.to(self.lengths.device, non_blocking=True)] = values.to(self.lengths.device, non_blocking=True)
+        self.host_lengths[idx] = values
 
     def reshaped(self, rows: torch.Tensor | None, capacity: int) -> "KVCache":
-        """A copy holding `rows` (all if None) with room for `capacity` own tokens; unwritten slots are
-        zero, so masked-out positions never carry NaN into attention."""
+        """A copy holding `rows` (all if None; a CPU index) with room for `capacity` own tokens; unwritten
+        slots are zero, so masked-out positions never carry NaN into attention."""
+        rows = None if rows is None else rows.cpu()
         if rows is not None and capacity == self.k.shape[3] and bool((rows[1:] > rows[:-1]).all()):
             return self._compacted(rows)
         used = self.used()
@@ -144,11 +157,13 @@ class KVCache:
         for t in (self.k, self.v):
             L, N, H, C, D = t.shape
             new = t.new_empty(L, N if rows is None else rows.numel(), H, capacity, D)
-            new[:, :, :, :used] = t[:, :, :, :used] if rows is None else t[:, rows, :, :used]
+            new[:, :, :, :used] = t[:, :, :, :used] if rows is None else t[:, rows.to(t.device), :, :used]
             new[:, :, :, used:] = 0  # written once: copy the used part, zero the rest
             out.append(new)
-        lengths = self.lengths if rows is None else self.lengths[rows]
-        return KVCache(self.prefix_k, self.prefix_v, out[0], out[1], lengths.clone())
+        if rows is None:
+            return KVCache(self.prefix_k, self.prefix_v, out[0], out[1], self.lengths.clone(), self.host_lengths.clone())
+        return KVCache(self.prefix_k, self.prefix_v, out[0], out[1], self.lengths[rows.to(self.lengths.device)],
+                       self.host_lengths[rows])
 
     def _compacted(self, rows: torch.Tensor) -> "KVCache":
         """Keeps increasing `rows` by moving them down in place (row j <- rows[j] >= j, in order, so
@@ -160,7 +175,8 @@ class KVCache:
                 self.k[:, j].copy_(self.k[:, r])
                 self.v[:, j].copy_(self.v[:, r])
         R = rows.numel()
-        return KVCache(self.prefix_k, self.prefix_v, self.k[:, :R], self.v[:, :R], self.lengths[rows].clone())
+        return KVCache(self.prefix_k, self.prefix_v, self.k[:, :R], self.v[:, :R],
+                       self.lengths[rows.to(self.lengths.device)], self.host_lengths[rows])
 
     def ensure_room(self) -> "KVCache":
         """Room for one more token in every row."""
@@ -254,15 +270,18 @@ class FastLlama:
                 into: KVCache | None = None, slots: torch.Tensor | None = None):
         """Runs U token sequences after the optional shared-prefix cache. -> (logits of each sequence's
         last token [U, V], KVCache of U rows with room for `extra` more tokens each). With `into` (a
-        cache after the same prefix, room for the longest sequence) and `slots` [U]: the sequences' KV
-        go into those rows of `into` instead (continuous batching refills freed rows), which is returned.
+        cache after the same prefix, room for the longest sequence) and `slots` [U] (a CPU index): the
+        sequences' KV go into those rows of `into` instead (continuous batching refills freed rows),
+        which is returned.
 
         Linear layers see the packed tokens [T_total, d]. Attention pads rows to a common length, so
         rows are sorted by length and attended in groups: one long row (a rambling answer quoted as
         context) then pads only its own group, not all U rows (measured: 2x on a 144-row prefill)."""
         dev, L = self.device, len(self.layers)
         U = len(seqs)
-        lens = torch.tensor([len(s) for s in seqs], device=dev)  # [U]
+        host_lens = torch.tensor([len(s) for s in seqs])  # [U] on the CPU: shapes without a sync
+        lens = host_lens.to(dev)
+        longest = int(host_lens.max())
         ids = torch.tensor([t for s in seqs for t in s], device=dev)  # [T_total]
         row = torch.repeat_interleave(torch.arange(U, device=dev), lens)  # [T_total]
         starts = torch.cumsum(lens, 0) - lens
@@ -272,14 +291,15 @@ class FastLlama:
         P = 0 if prefix_k is None else prefix_k.shape[2]
         cos, sin = self.rope_tables(P + local)
         if into is None:
-            k_all = torch.zeros(L, U, self.H_kv, int(lens.max()) + extra, self.D, dtype=self.dtype, device=dev)
-            out_cache = KVCache(prefix_k, prefix_v, k_all, torch.zeros_like(k_all), lens.clone())
+            k_all = torch.zeros(L, U, self.H_kv, longest + extra, self.D, dtype=self.dtype, device=dev)
+            out_cache = KVCache(prefix_k, prefix_v, k_all, torch.zeros_like(k_all), lens.clone(), host_lens.clone())
             slots = torch.arange(U, device=dev)
         else:
-            if int(lens.max()) > into.k.shape[3]:
-                raise ValueError(f"cache capacity {into.k.shape[3]} < sequence length {int(lens.max())}")
+            if longest > into.k.shape[3]:
+                raise ValueError(f"cache capacity {into.k.shape[3]} < sequence length {longest}")
             out_cache = into
-            out_cache.lengths[slots] = lens
+            out_cache.set_lengths(slots.tolist(), host_lens)
+            slots = slots.to(dev)
         k_all, v_all = out_cache.k, out_cache.v
         token_slot = slots[row]  # [T_total] cache row of every packed token
         groups = [self._attention_group(g_rows, row, local, lens)
@@ -327,10 +347,16 @@ class FastLlama:
         span: cache positions attended (default: the longest row + 1); a fixed span makes every shape
         static, which CUDA graphs need (positions past a row's length are masked, so the result is
         the same)."""
-        N, dev = tokens.shape[0], self.device
+        logits = self.decode_pass(tokens, cache, live, cache.used() + 1 if span is None else span)
+        cache.host_lengths += 1
+        return logits
+
+    def decode_pass(self, tokens: torch.Tensor, cache: KVCache, live: torch.Tensor | None, span: int) -> torch.Tensor:
+        """decode's device work only (its host mirror of the lengths is the caller's): what a CUDA
+        graph captures. Every shape is fixed by (rows, span, live)."""
+        N, dev, T = tokens.shape[0], self.device, span
         pos = cache.prefix_len + cache.lengths  # [N]
         cos, sin = self.rope_tables(pos)
-        T = cache.used() + 1 if span is None else span
         allowed = (torch.arange(T, device=dev) <= cache.lengths[:, None])[:, None, None, None]  # [N,1,1,1,T]
         rows = torch.arange(N, device=dev)
         g = self.H // self.H_kv
@@ -347,47 +373,83 @@ class FastLlama:
         return self.logits(x if live is None else x[live])
 
 
+def graph_span(cache: KVCache) -> int:
+    """The attention span a decode pass over `cache` needs: its longest row + 1, rounded up to a
+    multiple of KVCache.GROW, within the capacity."""
+    return min(cache.k.shape[3], -(-(cache.used() + 1) // KVCache.GROW) * KVCache.GROW)
+
+
 class GraphedDecode:
     """FastLlama.decode captured as a CUDA graph for one cache (fixed rows) and a span of cache
     positions, replayed for every token: one launch instead of ~20 kernels per layer, which is what
-    holds a batch-30 decode step of a 7B model back from the memory-bandwidth bound. The span is a
-    multiple of KVCache.GROW, so a graph serves 32 tokens before the next capture; a new cache (rows
-    compacted) is captured anew. CUDA only."""
+    holds a batch-30 decode step of a 7B model back from the memory-bandwidth bound. CUDA only.
+
+    A capture costs a warm-up pass, a synchronize and an empty_cache(), so it is rare: the span (a
+    multiple of KVCache.GROW) never shrinks while the cache object stays the same, so a cache is
+    captured once per span it grows through, and again only when it is replaced (compacted, grown).
+    Every capture goes into one memory pool, on one stream of the cache's device: a new graph reuses
+    the memory of the one it replaces."""
 
     def __init__(self, fast: FastLlama):
         self.fast = fast
-        self.cache, self.span, self.graph = None, None, None
+        self.cache, self.span, self.graph, self.logits = None, 0, None, None
+        self.pool = self.stream = None  # made at the first capture (CUDA only)
+        self.captures = 0
+
+    def prepare(self, cache: KVCache, span: int) -> None:
+        """Captures `cache` over `span` now (e.g. the whole capacity before a timed loop)."""
+        if cache is not self.cache or span > self.span:
+            self._recapture(cache, span)
+
+    def _recapture(self, cache: KVCache, span: int) -> None:
+        self.cache = self.graph = self.logits = None  # free the old graph and the cache it holds first
+        lengths = cache.lengths.clone()
+        try:
+            self._capture(cache, span)
+        except BaseException:
+            cache.lengths.copy_(lengths)  # the warm-up advanced them
+            self.cache = self.graph = self.logits = None
+            raise
 
     def _capture(self, cache: KVCache, span: int) -> None:
-        self.cache = self.graph = self.logits = None  # free the old graph and the cache it holds first
         self.tokens = torch.zeros(cache.rows, dtype=torch.long, device=cache.k.device)
-        lengths = cache.lengths.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the graph (allocator, lazy kernel init)
-            self.fast.decode(self.tokens, cache, span=span)
-        torch.cuda.current_stream().wait_stream(side)
-        cache.lengths.copy_(lengths)  # the warm-up advanced them; its writes sit past every length, masked
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self.fast.decode(self.tokens, cache, span=span)
+        self.graph, self.logits = self._record(cache, span)
         self.cache, self.span = cache, span  # held: the graph writes into this cache's memory
+        self.captures += 1
+
+    def _record(self, cache: KVCache, span: int):
+        """A warm-up pass, then decode_pass over `span` captured into the shared pool -> (graph, its
+        static logits [rows, V]). Runs on the cache's device whatever the current device is."""
+        dev = cache.k.device
+        if self.stream is None:
+            self.stream, self.pool = torch.cuda.Stream(device=dev), torch.cuda.graph_pool_handle()
+        lengths = cache.lengths.clone()
+        with torch.cuda.device(dev):
+            self.stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(self.stream):  # warm-up outside the graph (allocator, lazy kernel init)
+                self.fast.decode_pass(self.tokens, cache, None, span)
+            torch.cuda.current_stream(dev).wait_stream(self.stream)
+            cache.lengths.copy_(lengths)  # the warm-up advanced them; its writes sit past every length, masked
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+                logits = self.fast.decode_pass(self.tokens, cache, None, span)
+        return graph, logits
 
     def __call__(self, tokens: torch.Tensor, cache: KVCache, live: torch.Tensor | None = None) -> torch.Tensor:
         if self.fast.graph_error is not None:
             return self.fast.decode(tokens, cache, live)
-        span = min(cache.k.shape[3], -(-(cache.used() + 1) // KVCache.GROW) * KVCache.GROW)
-        if cache is not self.cache or span != self.span:
-            lengths = cache.lengths.clone()
+        span = graph_span(cache)
+        if cache is not self.cache or span > self.span:
             try:
-                self._capture(cache, span)
+                self._recapture(cache, span)
+            except torch.OutOfMemoryError:
+                raise  # a RuntimeError too, but the caller's halve-and-retry must see it
             except RuntimeError as e:  # an op this torch/driver cannot capture: stay correct, go eager
-                self.cache = self.graph = self.logits = None
-                cache.lengths.copy_(lengths)
                 self.fast.graph_error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 print(f"[tensorsim] CUDA graph capture failed ({self.fast.graph_error}); decoding without "
                       f"graphs (generation.cuda_graphs=false silences this)", flush=True)
                 return self.fast.decode(tokens, cache, live)
         self.tokens.copy_(tokens)
         self.graph.replay()
+        cache.host_lengths += 1  # the graph advanced the device lengths
         return self.logits if live is None else self.logits[live]

@@ -3,8 +3,12 @@
 State (B populations of n agents, m knowledge-base entries each):
   entry_ref  [B, n, m] int64  index into `texts` of every entry's current answer
   scores     [B, n, m] float  retrieval score of every entry (dot product with the query)
+  slots      [B, n, r] int64  each agent's retrieved entries, best first
   texts      list[str]        table of every answer text seen (KB answers, then each step's responses)
 The share/mirror update writes one index per agent into entry_ref: no strings move on the hot path.
+This bookkeeping lives on the CPU whatever `device` is: it is small, it is read with .tolist() to build
+the contexts, and checkpoints load anywhere. The models, embeddings and neighbour graph live on
+`device`; their results reach the bookkeeping through .cpu().
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ class LLMAgents:
         else:  # SPEC: the stored question
             keys = [q for row in kb.questions for q in row]
         key_emb = rearrange(embedder.documents(keys), "(n m) d -> n m d", n=self.n)
-        self.scores = retrieval_scores(self.query, key_emb).expand(self.B, -1, -1).clone()  # [B, n, m]
+        self.scores = retrieval_scores(self.query, key_emb).cpu().expand(self.B, -1, -1).clone()  # [B, n, m]
         self.top_r = int(cfg.retrieval.top_r)
 
         # the KB's answers are texts 0 .. n*m-1, shared by every population at the start
@@ -65,9 +69,9 @@ class LLMAgents:
 
     def load_state_dict(self, state: dict) -> None:
         self.texts = list(state["texts"])
-        self.entry_ref = state["entry_ref"].clone()
+        self.entry_ref = state["entry_ref"].cpu().clone()
         self.scores = state["scores"].to(self.scores)
-        self.slots = state["slots"].clone()
+        self.slots = state["slots"].cpu().clone()
 
     def _make_labeler(self, name: str):
         names = NameLabeler(self.kb.labels)
@@ -120,7 +124,7 @@ class LLMAgents:
             bad = (~torch.isfinite(emb)).flatten(1).any(-1).nonzero().flatten().tolist()
             raise errors.NonFiniteError(f"non-finite embeddings at step {t} in population(s) {bad}")
         labels = (self.labeler(responses).reshape(B, n) if isinstance(self.labeler, NameLabeler)
-                  else self.labeler(emb.cpu()))
+                  else self.labeler(emb))
         neighbours = graph.knn(emb, self.k_max, self.cfg.graph.backend)  # [B, n, k_max]
         partner = interact.pick_partners(pops.seeds.to(emb.device), neighbours, pops.k.to(emb.device), t)
         source = interact.context_sources(mirrored.to(partner.device), partner).cpu()  # [B, n]

@@ -24,6 +24,11 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"device={name!r} is not a torch device (allowed: auto, cpu, cuda, cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name!r} but CUDA is not available here (allowed: auto, cpu)")
+    if device.type == "cuda" and device.index is not None:
+        if device.index >= torch.cuda.device_count():
+            raise UserError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+        # CUDA graphs, their streams and Triton kernels launch on the current device: make it this one
+        torch.cuda.set_device(device)
     return device
 
 
@@ -39,8 +44,12 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bfloat16 where the device computes it natively (CUDA from compute capability 8.0, CPUs
+    with native bf16), float16 on older GPUs (bf16 is emulated there, slowly), float32 elsewhere."""
     if name == "auto":
-        if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()):
+        if device.type == "cuda":  # asks the current device: resolve_device made it this one
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        if device.type == "cpu" and cpu_has_fast_bf16():
             return torch.bfloat16
         return torch.float32
     if name not in _DTYPES:

@@ -57,7 +57,21 @@ def load_checkpoint(run_dir: Path) -> dict:
     if not path.is_file():
         raise UserError(f"resume=true but {run_dir} has no {CHECKPOINT} (checkpoints are written every "
                         f"checkpoint.every steps; pass the run's directory as hydra.run.dir)")
-    return torch.load(path, weights_only=False)
+    return torch.load(path, weights_only=False, map_location="cpu")  # a CUDA run resumes anywhere
+
+
+def resumed_config(stored: dict, current):
+    """The config a resumed run continues with: the one it started with, on the device this command
+    names (device=cpu finishes a CUDA run on a CPU machine); device=auto keeps the run's own device."""
+    from .errors import UserError
+
+    cfg = OmegaConf.create(stored)
+    if current.get("device", "auto") != "auto":
+        cfg.device = current.device
+    elif str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"this run started on device={cfg.device} and CUDA is not available here; "
+                        f"resume it with device=cpu")
+    return cfg
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> None:
@@ -82,7 +96,7 @@ def simulate(cfg, run_dir: str | Path) -> dict:
     ckpt = None
     if cfg.get("resume"):
         ckpt = load_checkpoint(run_dir)
-        cfg = OmegaConf.create(ckpt["config"])
+        cfg = resumed_config(ckpt["config"], cfg)
     validate(cfg)
     keep_freed_memory()  # big per-step tensors reuse pages instead of faulting in fresh ones (memory.py)
     if cfg.get("threads"):

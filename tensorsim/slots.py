@@ -19,9 +19,15 @@ class SlotCache:
     """A KV cache of `slots` rows after one shared prefix. Rows are admitted (prefilled) into free
     slots, decoded together, and freed when their answer ends. A freed slot rides along in decode
     passes (its logits are not computed) until a waiting prompt takes it, or, once nothing waits,
-    until compact() drops it."""
+    until compact() drops it. Slots are named by host lists: choosing them never waits on the device.
 
-    def __init__(self, fast: FastLlama, slots: int, prefix: KVCache | None, graphed: GraphedDecode | None = None):
+    capacity: own tokens per row, allocated at once (on an accelerator: the longest prompt plus the
+    answer budget, what memory_budget_gb counts, since growing would hold two copies while it
+    copies); None grows the cache in chunks of KVCache.GROW as rows lengthen (CPU: memory is touched
+    only as it is used)."""
+
+    def __init__(self, fast: FastLlama, slots: int, prefix: KVCache | None, graphed: GraphedDecode | None = None,
+                 capacity: int | None = None):
         self.fast, self.prefix, self.graphed = fast, prefix, graphed
         self.cache: KVCache | None = None
         self.free = list(range(slots))  # slots no row holds, lowest first
@@ -29,67 +35,86 @@ class SlotCache:
         # capture (about two eager passes), while a dead row costs a bandwidth-bound GPU pass little
         self.compact_share = 2 if graphed is not None else 4
         self.slots = slots
+        self.capacity = None if capacity is None else chunks(capacity)
 
     def _room(self, length: int) -> None:
         """A cache whose rows can hold `length` own tokens (created on first use, grown in chunks)."""
-        capacity = -(-(length + 1) // KVCache.GROW) * KVCache.GROW
+        capacity = chunks(length + 1)
+        if self.capacity is not None:
+            if capacity > self.capacity:
+                raise ValueError(f"a {length}-token prompt does not fit the slots' capacity of {self.capacity}")
+            capacity = self.capacity
         if self.cache is None:
             f = self.fast
             k = torch.zeros(len(f.layers), self.slots, f.H_kv, capacity, f.D, dtype=f.dtype, device=f.device)
             lengths = torch.zeros(self.slots, dtype=torch.long, device=f.device)
             prefix_k, prefix_v = (self.prefix.prefix_k, self.prefix.prefix_v) if self.prefix else (None, None)
-            self.cache = KVCache(prefix_k, prefix_v, k, torch.zeros_like(k), lengths)
+            self.cache = KVCache(prefix_k, prefix_v, k, torch.zeros_like(k), lengths,
+                                 torch.zeros(self.slots, dtype=torch.long))
         elif self.cache.k.shape[3] < length:
             self.cache = self.cache.reshaped(None, capacity)
 
-    def admit(self, seqs: list[list[int]], inverse: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def admit(self, seqs: list[list[int]], inverse: list[int]) -> tuple[list[int], torch.Tensor]:
         """Prefills the distinct sequences `seqs` once each and gives row i (sequence inverse[i]) a free
-        slot holding that sequence's KV. -> (slots [R], logits [R, V])."""
+        slot holding that sequence's KV. -> (slots: R ints, logits [R, V])."""
         R = len(inverse)
         if R > len(self.free):
             raise ValueError(f"{R} rows admitted but {len(self.free)} slots free")
-        dev = self.fast.device
-        slots = torch.tensor(self.free[:R], device=dev)
+        slots = self.free[:R]
         del self.free[:R]
         self._room(max(len(s) for s in seqs))
-        inv = torch.tensor(inverse, device=dev)
-        first = torch.full((len(seqs),), R, device=dev).scatter_reduce(0, inv, torch.arange(R, device=dev), "amin")
-        logits, self.cache = self.fast.prefill(seqs, self.prefix, into=self.cache, slots=slots[first])
-        copies = (first[inv] != torch.arange(R, device=dev)).nonzero().squeeze(-1)  # repeated prompts
-        if copies.numel():
-            src, dst = slots[first[inv[copies]]], slots[copies]
-            S = int(self.cache.lengths[src].max())
-            self.cache.k[:, dst, :, :S] = self.cache.k[:, src, :, :S]
-            self.cache.v[:, dst, :, :S] = self.cache.v[:, src, :, :S]
-            self.cache.lengths[dst] = self.cache.lengths[src]
-        return slots, logits[inv]
+        first: dict[int, int] = {}  # sequence -> the first row asking it (prefilled into that row's slot)
+        for i, u in enumerate(inverse):
+            first.setdefault(u, i)
+        logits, self.cache = self.fast.prefill(seqs, self.prefix, into=self.cache,
+                                               slots=torch.tensor([slots[first[u]] for u in range(len(seqs))]))
+        copies = [(slots[first[u]], slots[i]) for i, u in enumerate(inverse) if first[u] != i]  # repeated prompts
+        if copies:
+            src, dst = (torch.tensor(c) for c in zip(*copies))
+            S = int(self.cache.host_lengths[src].max())
+            src_d, dst_d = src.to(self.fast.device), dst.to(self.fast.device)
+            self.cache.k[:, dst_d, :, :S] = self.cache.k[:, src_d, :, :S]
+            self.cache.v[:, dst_d, :, :S] = self.cache.v[:, src_d, :, :S]
+            self.cache.set_lengths(dst.tolist(), self.cache.host_lengths[src])
+        return slots, logits[torch.tensor(inverse).to(logits.device, non_blocking=True)]
 
-    def release(self, slots: torch.Tensor) -> None:
+    def release(self, slots: list[int]) -> None:
         """The answers in `slots` have ended: their slots become free."""
         if self.cache is not None:
-            self.cache.lengths[slots] = 0  # a dead row must not widen the span every row attends
-        self.free = sorted(self.free + slots.tolist())
+            # a dead row must not widen the span every row attends
+            self.cache.set_lengths(slots, torch.zeros(len(slots), dtype=torch.long))
+        self.free = sorted(self.free + list(slots))
 
-    def decode(self, active: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """One token for each active slot. active, tokens: [A] -> logits [A, V] in active's order."""
-        self.cache = self.cache.ensure_room()
-        full = tokens.new_zeros(self.cache.rows)
-        full[active] = tokens
-        everyone = active.numel() == self.cache.rows and bool((active == torch.arange(
-            self.cache.rows, device=active.device)).all())
-        live = None if everyone else active
+    def decode(self, active: list[int], tokens: torch.Tensor) -> torch.Tensor:
+        """One token for each active slot. active: A slots, tokens: [A] -> logits [A, V] in active's order."""
+        if self.capacity is None:
+            self.cache = self.cache.ensure_room()
+        elif self.cache.used() >= self.capacity:  # cannot happen: rows end within their answer budget
+            raise RuntimeError(f"a row outgrew the slots' capacity of {self.capacity} tokens")
+        if active == list(range(self.cache.rows)):
+            full, live = tokens, None
+        else:
+            live = torch.tensor(active).to(tokens.device, non_blocking=True)
+            full = tokens.new_zeros(self.cache.rows)
+            full[live] = tokens
         if self.graphed is not None:
             return self.graphed(full, self.cache, live)
         return self.fast.decode(full, self.cache, live)
 
-    def compact(self, active: torch.Tensor) -> torch.Tensor:
+    def compact(self, active: list[int]) -> list[int]:
         """Once nothing waits: drops the free slots when they are 1/compact_share of the cache (one
         copy), so passes stop computing dead rows. -> active's slots after compaction."""
-        dead = self.cache.rows - active.numel()
+        dead = self.cache.rows - len(active)
         if dead < max(1, self.cache.rows // self.compact_share):
             return active
-        kept, order = torch.sort(active)
-        self.cache = self.cache.reshaped(kept, self.cache.k.shape[3])
-        self.slots = kept.numel()
+        kept = sorted(active)
+        self.cache = self.cache.reshaped(torch.tensor(kept), self.cache.k.shape[3])
+        self.slots = len(kept)
         self.free = []
-        return torch.empty_like(order).scatter_(0, order, torch.arange(kept.numel(), device=kept.device))
+        rank = {s: j for j, s in enumerate(kept)}
+        return [rank[s] for s in active]
+
+
+def chunks(length: int) -> int:
+    """length rounded up to a multiple of KVCache.GROW."""
+    return -(-length // KVCache.GROW) * KVCache.GROW

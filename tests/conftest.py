@@ -35,3 +35,11 @@ def embedder():
     from tensorsim.models import Embedder
 
     return Embedder(OmegaConf.load(ROOT / "conf" / "embedder" / "minilm.yaml"), torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """(llm_dir, embedder_dir): a tiny random LLaMA and BERT saved as local models (tests/tiny_models.py)."""
+    from tiny_models import save_tiny_models
+
+    return save_tiny_models(tmp_path_factory.mktemp("tiny_models"))

@@ -1,4 +1,5 @@
-"""The benchmarks' work accounting (bench/common.py): the GFLOP figures quoted next to their rates."""
+"""The benchmarks' work accounting (bench/common.py): the GFLOP figures quoted next to their rates; and
+the GPU check's plumbing (bench/gpu_check.sh, bench/gpu_decode.py), which must not fail on a bare GPU image."""
 import sys
 
 from conftest import ROOT
@@ -24,6 +25,57 @@ def test_useful_gflop_charges_the_head_only_where_logits_are_taken(small_llm):
     assert abs(useful_gflop(model, 100, 4, 10) - 2 * (body * 110 + head * 14) / 1e9) < 1e-9
     assert useful_gflop(model, 0, 0, 0) == 0
 
+
+def test_gpu_check_reports_every_part_even_a_failed_or_stopped_one(tmp_path):
+    """bench/gpu_part.sh: one JSON line per part with its own exit status, a benchmark's JSON result,
+    a pytest tally, and a part stopped by its time limit still reported."""
+    import json
+    import subprocess
+
+    script = f"""
+        OUT={tmp_path}; source bench/gpu_part.sh
+        part bench 20 python3 -c 'print("table"); print("{{\\"tok_per_s\\": 5}}")'
+        part tests 20 python3 -c 'print("== 3 passed, 1 skipped in 2.0s =="); raise SystemExit(1)'
+        part slow 1 sleep 30
+    """
+    r = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(p["part"], p["rc"], p["timed_out"]) for p in lines] == [
+        ("bench", 0, False), ("tests", 1, False), ("slow", 124, True)]
+    assert lines[0]["result"] == {"tok_per_s": 5} and lines[1]["pytest"] == "3 passed, 1 skipped in 2.0s"
+    assert lines[2]["seconds"] < 15 and "tail" in lines[1]
+    assert (tmp_path / "parts.jsonl").read_text().splitlines() == r.stdout.splitlines()
+
+
+def test_gpu_decode_imports_on_an_image_without_hydra():
+    """A bare GPU image lacks hydra: bench/common.py imports it only where it composes a config."""
+    import subprocess
+
+    code = ("import sys; sys.modules['hydra'] = None; sys.path.insert(0, 'bench'); import gpu_decode, common; "
+            "print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_gpu_decode_builds_its_rotary_tables_and_always_prints_its_json(capsys):
+    """init_empty_weights + to_empty leaves computed buffers uninitialised: the rotary tables are rebuilt
+    (float32, as from_pretrained keeps them). With its time budget spent, the JSON line still comes."""
+    import json
+
+    import torch
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    import gpu_decode
+
+    model, cfg = gpu_decode.build_model(True, torch.device("cpu"), torch.bfloat16)
+    rotary = model.model.rotary_emb
+    assert rotary.inv_freq.dtype == torch.float32
+    assert torch.equal(rotary.inv_freq, LlamaRotaryEmbedding(config=cfg).inv_freq)
+    with torch.inference_mode():
+        assert torch.isfinite(model(input_ids=torch.tensor([[5, 6, 7]])).logits).all()
+    gpu_decode.main(["--tiny", "--device", "cpu", "--batch", "2", "--new-tokens", "2", "--budget-s", "0"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["model"] == "tiny-llama" and [r.get("skipped") is not None for r in result["results"]] == [True] * 2
 
 def test_fidelity_bench_reports_consistent_rates(tmp_path):
     """bench/fidelity.py through its command line: one generation from the knowledge base's answers, with

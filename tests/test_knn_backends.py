@@ -281,3 +281,19 @@ def test_triton_refuses_cpu_without_interpreter(triton_procs):
     if not triton_procs:
         pytest.skip("triton not installed")
     assert "refused" in _finish(triton_procs["refuse"])
+
+
+# ----------------------------------------------------------------------------------------- triton on a GPU
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("triton") is None,
+                    reason="needs a CUDA GPU and triton")
+@pytest.mark.parametrize("name,x,k,blocks", cases(), ids=[c[0] for c in cases()])
+def test_triton_compiled_on_cuda(name, x, k, blocks):
+    """The kernel compiled for the GPU (not interpreted) gives the reference's neighbours exactly."""
+    if os.environ.get("TRITON_INTERPRET"):
+        pytest.skip("TRITON_INTERPRET is set: the kernel would be interpreted, not compiled")
+    from kernels.knn_triton import knn_triton
+
+    assert torch.equal(knn_triton(x.cuda(), k, **blocks).cpu(), reference_knn(x, k))
+    if name == "int_B2_n70_d5_k7":  # the public dispatcher with default blocks, and float overflow
+        assert torch.equal(knn(x.cuda(), k, backend="triton").cpu(), reference_knn(x, k))
+        assert torch.equal(knn_triton(OVERFLOW_X.cuda(), 4, block_m=8, block_n=8).cpu(), OVERFLOW_EXPECTED)

@@ -27,8 +27,9 @@ def _tiny(model_cls_name="LlamaForCausalLM", **overrides):
 
 
 def _reference_last_logits(model, seqs):
+    dev = next(model.parameters()).device
     with torch.inference_mode():
-        return torch.stack([model(input_ids=torch.tensor([s])).logits[0, -1] for s in seqs])
+        return torch.stack([model(input_ids=torch.tensor([s], device=dev)).logits[0, -1] for s in seqs])
 
 
 def _check_against_transformers(model, prefix, suffixes, steps=3, atol=1e-4, pack=None):
@@ -174,14 +175,14 @@ def _decode_twice(fast, make_decode, seqs, steps=5):
     return out
 
 
-def test_refilled_slots_decode_like_fresh_rows():
-    """Continuous batching (tensorsim.slots): prompts prefilled into freed slots of a live cache (over
-    the longer stale keys of the rows that left, one prompt copied to two slots) and decoded next to a
-    row mid-answer, then compacted, give the transformers logits at every step."""
+def refill_scenario(model, fast, graphed=None, capacity=None, atol=1e-4):
+    """Continuous batching (tensorsim.slots) on the model's device: prompts prefilled into freed slots
+    of a live cache (over the longer stale keys of the rows that left, one prompt copied to two slots)
+    and decoded next to a row mid-answer, then compacted, give the transformers logits at every step.
+    A 30-token row decoded past 32 tokens makes the cache grow (capacity None) or its span grow
+    (fixed capacity). -> the SlotCache at the end."""
     from tensorsim.slots import SlotCache
 
-    model = _tiny()
-    fast = FastLlama(model)
     g = torch.Generator().manual_seed(1)
     prefix = [5, 6, 7]
 
@@ -189,41 +190,84 @@ def test_refilled_slots_decode_like_fresh_rows():
         return torch.randint(3, 300, (n,), generator=g).tolist()
 
     def check(logits, active, seqs):
-        ref = _reference_last_logits(model, [seqs[int(s)] for s in active])
-        assert torch.allclose(logits, ref, atol=1e-4 * ref.abs().max(), rtol=0)
+        ref = _reference_last_logits(model, [seqs[s] for s in active])
+        assert torch.allclose(logits.float(), ref.float(), atol=atol * ref.abs().max(), rtol=0)
 
     def step(batch, active, logits, seqs):
         nxt = logits.argmax(-1)
-        for s, t in zip(active.tolist(), nxt.tolist()):
+        for s, t in zip(active, nxt.tolist()):
             seqs[s] = seqs[s] + [t]
         logits = batch.decode(active, nxt)
         check(logits, active, seqs)
         return logits
 
     with torch.inference_mode():
-        batch = SlotCache(fast, 3, fast.prefix_cache(prefix))
-        first = [tokens(9), tokens(4), tokens(30)]  # 30 own tokens: the cache grows past one chunk
+        batch = SlotCache(fast, 3, fast.prefix_cache(prefix), graphed, capacity)
+        first = [tokens(9), tokens(4), tokens(30)]
         active, logits = batch.admit(first, [0, 1, 2])
-        seqs = {int(s): prefix + x for s, x in zip(active, first)}
+        seqs = {s: prefix + x for s, x in zip(active, first)}
         check(logits, active, seqs)
-        for _ in range(2):
+        for _ in range(4):  # the 30-token row reaches 34: past the first chunk of 32
             logits = step(batch, active, logits, seqs)
-        batch.release(active[[0, 2]])  # the longest rows leave; slot 1 is mid-answer
+        batch.release([active[0], active[2]])  # the longest rows leave; slot 1 is mid-answer
         assert batch.free == [0, 2]
         new = tokens(3)
         slots, new_logits = batch.admit([new], [0, 0])  # one prompt asked twice: prefilled once
-        assert slots.tolist() == [0, 2] and torch.equal(new_logits[0], new_logits[1])
+        assert slots == [0, 2] and torch.equal(new_logits[0], new_logits[1])
         seqs.update({0: prefix + new, 2: prefix + new})
-        active, logits = torch.cat([active[[1]], slots]), torch.cat([logits[[1]], new_logits])  # slots 1, 0, 2
+        active, logits = [active[1]] + slots, torch.cat([logits[[1]], new_logits])  # slots 1, 0, 2
         check(logits, active, seqs)
         for _ in range(2):
             logits = step(batch, active, logits, seqs)
-        batch.release(active[[0]])  # slot 1 leaves; nothing waits: compact to 2 rows
+        batch.release([active[0]])  # slot 1 leaves; nothing waits: compact to 2 rows
         remaining = active[1:]
         active = batch.compact(remaining)
-        assert batch.cache.rows == 2 and sorted(active.tolist()) == [0, 1]
-        seqs = {int(a): seqs[int(r)] for a, r in zip(active, remaining)}
+        assert batch.cache.rows == 2 and sorted(active) == [0, 1]
+        seqs = {a: seqs[r] for a, r in zip(active, remaining)}
         step(batch, active, logits[1:], seqs)
+    assert batch.cache.host_lengths.tolist() == batch.cache.lengths.tolist()  # the host mirror kept up
+    return batch
+
+
+@pytest.mark.parametrize("capacity", [None, 64])
+def test_refilled_slots_decode_like_fresh_rows(capacity):
+    model = _tiny()
+    batch = refill_scenario(model, FastLlama(model), capacity=capacity)
+    assert batch.cache.k.shape[3] == 64  # grown to two chunks, or allocated so at once
+
+
+def _eager_record(spans):
+    """GraphedDecode._record without CUDA: the "graph" replays decode_pass eagerly into its static
+    logits, so the capture policy around it (which cache, which span, when) runs on the CPU."""
+
+    def record(self, cache, span):
+        spans.append(span)
+        logits = self.fast.decode_pass(self.tokens, cache, None, span)  # the warm-up
+        cache.lengths -= 1  # restored, as after the real warm-up
+
+        class Replay:
+            def replay(_):
+                logits.copy_(self.fast.decode_pass(self.tokens, cache, None, span))
+
+        return Replay(), logits
+
+    return record
+
+
+@pytest.mark.parametrize("capacity", [None, 64])
+def test_graphs_are_captured_once_per_span_and_cache(capacity, monkeypatch):
+    """The span never shrinks within a cache: the longest row leaving and admissions capture nothing;
+    a span past 32 positions, a grown cache and a compacted cache each capture once."""
+    spans = []
+    monkeypatch.setattr(GraphedDecode, "_record", _eager_record(spans))
+    model = _tiny()
+    fast = FastLlama(model)
+    graphed = GraphedDecode(fast)
+    refill_scenario(model, fast, graphed, capacity)
+    # 32; then 64 (fixed: the span grows in the same cache; else: the cache grew); then the compacted
+    # cache, whose rows need 32 positions. Nothing while the longest row left and two rows came in.
+    assert spans == [32, 64, 32]
+    assert graphed.captures == 3 and fast.graph_error is None
 
 
 def test_a_fixed_attention_span_gives_the_same_logits():
@@ -252,7 +296,7 @@ def test_a_failed_graph_capture_falls_back_to_eager_decoding(monkeypatch, capsys
     seqs = [[1, 2, 3, 4], [5, 6]]
 
     def fails(self, cache, span):
-        fast.decode(torch.zeros(cache.rows, dtype=torch.long), cache, span=span)  # advances lengths, as a warm-up
+        fast.decode_pass(torch.zeros(cache.rows, dtype=torch.long), cache, None, span)  # advances lengths, as a warm-up
         raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
 
     monkeypatch.setattr(GraphedDecode, "_capture", fails)
@@ -262,3 +306,23 @@ def test_a_failed_graph_capture_falls_back_to_eager_decoding(monkeypatch, capsys
         assert torch.allclose(a, b, atol=1e-5)
     assert fast.graph_error == "operation not permitted when stream is capturing"
     assert capsys.readouterr().out.count("CUDA graph capture failed") == 1  # said once, then eager
+
+
+def test_out_of_memory_in_a_graph_capture_reaches_the_halving_retry(monkeypatch):
+    """torch.OutOfMemoryError is a RuntimeError: it must not be taken for an op that cannot be captured
+    (which turns graphs off for the rest of the run) but reach Generator's halve-and-retry, with the
+    cache as it was before the warm-up."""
+    fast = FastLlama(_tiny())
+
+    def out_of_memory(self, cache, span):
+        fast.decode_pass(self.tokens, cache, None, span)  # the warm-up ran, advancing the lengths
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(GraphedDecode, "_record", out_of_memory)
+    graphed = GraphedDecode(fast)
+    with torch.inference_mode():
+        logits, cache = fast.prefill([[1, 2, 3], [4, 5]], None, extra=4)
+        with pytest.raises(torch.OutOfMemoryError):
+            graphed(logits.argmax(-1), cache)
+    assert fast.graph_error is None and graphed.graph is None
+    assert cache.lengths.tolist() == cache.host_lengths.tolist() == [3, 2]
