@@ -36,9 +36,20 @@ def classical_mds(D: np.ndarray, dims: int = 2) -> np.ndarray:
     return X
 
 
-def pairwise_distances(X: np.ndarray) -> np.ndarray:
-    sq = (X * X).sum(-1)
-    return np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2 * X @ X.T, 0.0, None))
+def pairwise_distances(X: np.ndarray, block_elems: int = 1 << 22) -> np.ndarray:
+    """Euclidean distances in float64 from coordinate differences. Not sqrt(|x|^2 + |y|^2 - 2 x.y):
+    that form leaves ~sqrt(eps)|x| of rounding between identical points, and the rounding depends on
+    the BLAS kernel the CPU picks. Differences give exact zeros for identical points, exact symmetry,
+    and no BLAS at all. Rows go in blocks of about block_elems differences (bounded memory).
+    X: [m, d] -> [m, m] float64"""
+    X = np.asarray(X, dtype=np.float64)
+    m, d = X.shape
+    out = np.empty((m, m))
+    rows = max(1, block_elems // max(1, m * d))
+    for r0 in range(0, m, rows):
+        diff = X[r0:r0 + rows, None, :] - X[None, :, :]  # [b, m, d]
+        out[r0:r0 + rows] = np.sqrt(np.square(diff).sum(-1))  # rounded products, fixed-order sum
+    return out
 
 
 def parse_steps(spec: str, T: int) -> list[int]:
