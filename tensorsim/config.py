@@ -6,6 +6,7 @@ import string
 
 from .errors import UserError
 from .graph import BACKENDS
+from .models import check_weights
 from .populations import as_list
 
 AGENT_KINDS = ("llm", "gmm")
@@ -60,9 +61,21 @@ def validate(cfg) -> None:
 
     if cfg.agents.kind == "llm":
         validate_llm(cfg)
+    else:
+        refuse_unused_paths(cfg)
+
+
+def refuse_unused_paths(cfg) -> None:
+    """GMM agents read no knowledge base and load no model: a path given for one would be silently ignored."""
+    for key, value in (("kb", cfg.get("kb")), ("model.path", cfg.model.get("path")),
+                       ("embedder.path", cfg.embedder.get("path"))):
+        need(not value, key, value, f"agents={cfg.agents.kind} uses no knowledge base, LLM or embedder "
+                                    f"(drop it, or set agents=llm)")
 
 
 def validate_llm(cfg) -> None:
+    check_weights(cfg.model, "model")
+    check_weights(cfg.embedder, "embedder")
     tpl = cfg.prompt.template
     need(isinstance(tpl, str), "prompt.template", tpl, "a string holding {context}")
     try:

@@ -28,7 +28,7 @@ def build_agents(cfg, pops, device, dtype):
         agents = GMMAgents(cfg, pops, device)
         return agents, agents.label_names, {"agents": "gmm"}
     from .llm_agents import LLMAgents
-    from .models import Embedder, load_llm
+    from .models import Embedder, load_llm, weights_name
 
     kb = load_kb(cfg.kb)
     if cfg.trial.n > kb.n:
@@ -40,8 +40,10 @@ def build_agents(cfg, pops, device, dtype):
     model, tokenizer = load_llm(cfg.model, device, dtype)
     embedder = Embedder(cfg.embedder, device)
     agents = LLMAgents(cfg, kb, pops, model, tokenizer, embedder, device)
-    used = {"agents": "llm", "model": cfg.model.name, "model_path": str(cfg.model.get("path") or cfg.model.source),
-            "embedder": cfg.embedder.name, "knowledge_base": kb.name, "dtype": str(dtype)}
+    used = {"agents": "llm", "model": weights_name(cfg.model),
+            "model_path": str(cfg.model.get("path") or cfg.model.source), "embedder": weights_name(cfg.embedder),
+            "embedder_path": str(cfg.embedder.get("path") or cfg.embedder.source), "knowledge_base": kb.name,
+            "dtype": str(dtype)}
     return agents, kb.labels, used
 
 
