@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .plots import silo_colours
 from .report import _kp_label, plt, read_agent_labels, save_fig
 
 
@@ -89,10 +90,6 @@ def perspective_rows(emb_by_step: dict[int, np.ndarray]) -> tuple[np.ndarray, li
     return classical_mds(pairwise_distances(X)), steps
 
 
-def _label_colour(label: int):
-    return (0.6, 0.6, 0.6, 1.0) if label < 0 else plt.get_cmap("tab20")(label % 20)
-
-
 def perspective_figure(path: Path, rows: list[tuple[str, dict, dict, list[str]]]) -> None:
     """rows: (title, t -> [n, d] embeddings, t -> [n] labels, label names), one figure row each."""
     ncol = max(len(r[1]) for r in rows)
@@ -103,6 +100,7 @@ def perspective_figure(path: Path, rows: list[tuple[str, dict, dict, list[str]]]
         pad = 0.05 * (np.ptp(coords, axis=0).max() or 1.0)
         lo, hi = coords.min(axis=0) - pad, coords.max(axis=0) + pad
         seen = {}
+        colours = silo_colours(np.stack([np.asarray(labels[t]) for t in steps]))  # final = last step shown
         for j, t in enumerate(steps):
             ax = axes[i, j]
             xy = coords[j * n:(j + 1) * n]
@@ -110,7 +108,7 @@ def perspective_figure(path: Path, rows: list[tuple[str, dict, dict, list[str]]]
             for v in np.unique(lab):
                 sel = lab == v
                 name = names[v] if 0 <= v < len(names) else "unlabeled"
-                seen[name] = ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=_label_colour(int(v)), label=name,
+                seen[name] = ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=colours[int(v)], label=name,
                                         edgecolor="black", linewidth=0.3)
             ax.set_xlim(lo[0], hi[0])
             ax.set_ylim(lo[1], hi[1])

@@ -384,6 +384,15 @@ class _quiet:
         return self._w.__exit__(*a)
 
 
+def rank_layer_style(ranks: int, other: bool) -> tuple[list[str], list[tuple]]:
+    """Labels and colours of silo_sizes.png's layers: the ranks in pairwise distinct colours (the same in
+    every panel), "other silos" in a grey no rank gets."""
+    from .plots import distinct_colours, grey_shade
+
+    labels = [f"silo rank {r + 1}" for r in range(ranks)] + (["other silos"] if other else [])
+    return labels, distinct_colours(ranks) + ([grey_shade(0)] if other else [])
+
+
 def silo_sizes(path: Path, groups: dict, notes: list[str]) -> bool:
     """Stacked areas of the mean rank-1, rank-2, ... silo sizes per cell. False if no agents.csv."""
     per_group = {}
@@ -406,22 +415,24 @@ def silo_sizes(path: Path, groups: dict, notes: list[str]) -> bool:
         notes.append("silo_sizes.png not written: no agents.csv in the runs (output.agents=false)")
         return False
     fig, axes, where = _panel_grid(list(per_group))
+    widest = max(per_group, key=lambda key: per_group[key][0].shape[1])
+    legend = None
     for key, (mean, runs) in per_group.items():
         ax = where[key]
         R = min(MAX_RANKS, mean.shape[1])
         layers = [mean[:, r] for r in range(R)]
-        labels = [f"silo rank {r + 1}" for r in range(R)]
         if mean.shape[1] > R:
             layers.append(np.nansum(mean[:, R:], axis=1))
-            labels.append("other silos")
-        ax.stackplot(np.arange(mean.shape[0]), *layers, labels=labels, alpha=0.85)
+        labels, colours = rank_layer_style(R, mean.shape[1] > R)
+        polys = ax.stackplot(np.arange(mean.shape[0]), *layers, labels=labels, colors=colours, alpha=0.85)
         ax.set_title(f"{_kp_label(*key)} ({runs} runs)", fontsize=8)
+        if key == widest:  # every rank any panel shows is in the legend
+            legend = (polys, labels)
     for ax in axes[-1]:
         ax.set_xlabel("step t")
     for ax in axes[:, 0]:
         ax.set_ylabel("agents")
-    handles, labels = next(iter(where.values())).get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", fontsize=7)
+    fig.legend(*legend, loc="upper right", fontsize=7)
     fig.suptitle("silo sizes, largest first (mean over runs)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.88, 1))
     save_fig(fig, path)
