@@ -112,7 +112,7 @@ def main(argv=None):
         rows.append(r)
         print(r, flush=True)
     emit({"model": "tiny-llama" if args.tiny else "llama-2-7b-shape (random weights)", "dtype": str(dtype),
-          "device": device_name(), "results": rows})
+          "device": device_name(), "results": rows}, dtype)
 
 
 if __name__ == "__main__":
