@@ -7,6 +7,7 @@ import string
 from .errors import UserError
 from .graph import BACKENDS
 from .models import check_weights
+from .outputs import AUTO_PARQUET_ROWS, FORMATS as OUTPUT_FORMATS
 from .populations import as_list
 
 AGENT_KINDS = ("llm", "gmm")
@@ -58,6 +59,9 @@ def validate(cfg) -> None:
     need(_is_num(w.decay_min_entropy_drop) and w.decay_min_entropy_drop > 0, "pattern.decay_min_entropy_drop",
          w.decay_min_entropy_drop, "a number > 0 (nats)")
     need(cfg.labeler in LABELERS, "labeler", cfg.labeler, f"one of {', '.join(LABELERS)}")
+    fmt = cfg.output.get("format", "csv")
+    need(fmt in OUTPUT_FORMATS, "output.format", fmt, f"one of {', '.join(OUTPUT_FORMATS)} (auto: parquet from "
+                                                      f"{AUTO_PARQUET_ROWS:,} agent rows)")
 
     if cfg.agents.kind == "llm":
         validate_llm(cfg)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .outputs import parquet_batches, table_path
 from .plots import silo_colours
 from .report import _kp_label, plt, read_agent_labels, save_fig
 
@@ -125,8 +126,14 @@ def perspective_figure(path: Path, rows: list[tuple[str, dict, dict, list[str]]]
 
 
 def read_transcript_steps(path: Path, replica: int, steps: set[int]) -> dict[int, dict[int, str]]:
-    """t -> agent -> response, for one replica and the given steps."""
+    """t -> agent -> response, for one replica and the given steps (transcript.jsonl or .parquet)."""
     out: dict[int, dict[int, str]] = {}
+    if path.suffix == ".parquet":
+        for batch in parquet_batches(path, ["replica", "t", "agent", "response"]):
+            rep, t = batch.column(0).to_numpy(), batch.column(1).to_numpy()
+            for i in np.nonzero((rep == replica) & np.isin(t, list(steps)))[0].tolist():
+                out.setdefault(int(t[i]), {})[batch.column(2)[i].as_py()] = batch.column(3)[i].as_py() or ""
+        return out
     with open(path, encoding="utf-8") as f:
         for line in f:
             if not line.strip():
@@ -161,17 +168,18 @@ def perspective_for_groups(groups: dict, spec: str, device: str, max_agents: int
     (title, t -> [n, d] embeddings, t -> [n] labels, label names); what is skipped goes to notes."""
     rows, embedders = [], {}
     for key, cells in groups.items():
-        cell = next((c for c in cells if (c.dir / "transcript.jsonl").is_file() and c.replicas), None)
+        cell = next((c for c in cells if table_path(c.dir, "transcript") and c.replicas), None)
         if cell is None:
-            notes.append(f"perspective: {_kp_label(*key)} has no transcript.jsonl (GMM agents or "
+            notes.append(f"perspective: {_kp_label(*key)} has no transcript (GMM agents or "
                          f"output.transcript=false): skipped")
             continue
         r = cell.replicas[0]["replica"]
         T = len(cell.E[r])
         steps = parse_steps(spec, T)
-        texts = read_transcript_steps(cell.dir / "transcript.jsonl", r, set(steps))
+        transcript = table_path(cell.dir, "transcript")
+        texts = read_transcript_steps(transcript, r, set(steps))
         if not texts:
-            notes.append(f"perspective: {cell.dir} has no answers in transcript.jsonl (GMM agents?): skipped")
+            notes.append(f"perspective: {cell.dir} has no answers in {transcript.name} (GMM agents?): skipped")
             continue
         if any(t not in texts for t in steps):
             notes.append(f"perspective: {cell.dir} transcript lacks some of the steps {steps}: skipped")
@@ -186,20 +194,28 @@ def perspective_for_groups(groups: dict, spec: str, device: str, max_agents: int
         if ck not in embedders:
             embedders[ck] = make_embedder(cfg, device)
         emb = {t: embedders[ck].responses([texts[t].get(a, "") for a in agents]).cpu().numpy() for t in steps}
-        if (cell.dir / "agents.csv").is_file():
-            lab_all = read_agent_labels(cell.dir / "agents.csv", [r]).get(r)
+        agents_table = table_path(cell.dir, "agents")
+        if agents_table is not None:
+            lab_all = read_agent_labels(agents_table, [r]).get(r)
             labels = {t: lab_all[t, agents] for t in steps}
+            names = _names_from_agents(agents_table)
         else:
             labels = {t: np.full(len(agents), -1) for t in steps}
-        names = _names_from_agents(cell.dir / "agents.csv")
+            names = []
         rows.append((f"{_kp_label(*key)} run {r}", emb, labels, names))
     return rows
 
 
 def _names_from_agents(path: Path) -> list[str]:
-    """Label id -> name as recorded in agents.csv (ids without a row are '?')."""
+    """Label id -> name as recorded in agents.csv or agents.parquet (ids without a row are '?')."""
     names: dict[int, str] = {}
-    if path.is_file():
+    if path.suffix == ".parquet":
+        for batch in parquet_batches(path, ["label", "label_name"]):
+            lab = batch.column(0).to_numpy()
+            first = np.unique(lab, return_index=True)[1]  # one name lookup per distinct label
+            for i in first.tolist():
+                names.setdefault(int(lab[i]), batch.column(1)[i].as_py() or "?")
+    elif path.is_file():
         with open(path, encoding="utf-8", newline="") as f:
             for row in csv.DictReader(f):
                 try:

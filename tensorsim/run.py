@@ -14,7 +14,8 @@ from .config import validate
 from .knowledge import load_kb
 from .memory import keep_freed_memory
 from .models import resolve_device, resolve_dtype
-from .outputs import SUMMARY, is_complete, make_cell_writers, refuse_completed, write_json_atomic
+from .outputs import (SUMMARY, is_complete, make_cell_writers, refuse_completed, resolve_format,
+                      write_json_atomic)
 from .patterns import PatternRules, last_change_step, run_pattern, silo_patterns
 from .plots import write_plots
 from .populations import build_populations
@@ -103,8 +104,9 @@ def simulate(cfg, run_dir: str | Path) -> dict:
         new_tokens, generations, elapsed_before = ckpt["new_tokens"], ckpt["generations"], ckpt["elapsed"]
         agents.load_state_dict(ckpt["agents"])
         print(f"[tensorsim] resuming {run_dir} at step {t0} of {T}")
+    fmt = resolve_format(cfg.output.get("format", "csv"), B * n * T if cfg.output.agents else 0)
     writers = make_cell_writers(run_dir, pops, names, bool(cfg.output.transcript), bool(cfg.output.agents),
-                                ckpt["offsets"] if ckpt else None)
+                                ckpt["offsets"] if ckpt else None, fmt)
     config_container = ckpt["config"] if ckpt else OmegaConf.to_container(cfg, resolve=True)
 
     start = time.perf_counter() - elapsed_before
@@ -148,7 +150,7 @@ def simulate(cfg, run_dir: str | Path) -> dict:
         "wall_time_s": round(wall, 3), "new_tokens": new_tokens, "generations": generations,
         "new_tokens_per_s": round(new_tokens / wall, 2) if wall > 0 else None,
         "agent_steps_per_s": round(B * n * T / wall, 2) if wall > 0 else None,
-        "populations": B, "complete": True,
+        "populations": B, "output_format": fmt, "complete": True,
     }
     cell_summaries = []
     for c, w in enumerate(writers):

@@ -121,6 +121,7 @@ def test_completed_run_directory_is_not_overwritten(smoke_run):
     (["agents=gmm", "kb=/nonexistent/kb.json"], "kb='/nonexistent/kb.json' is not allowed: agents=gmm uses no"),
     (["agents=gmm", "model.path=/"], "model.path='/' is not allowed: agents=gmm uses no"),
     (["trial=proxy_grid", "embedder.path=/"], "embedder.path='/' is not allowed: agents=gmm uses no"),
+    (["output.format=xlsx"], "output.format='xlsx' is not allowed: one of csv, parquet, auto (auto: parquet from 1,000,000"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, overrides, fragment):
     r = run_cli("trial=smoke", *overrides, f"hydra.run.dir={tmp_path / 'run'}")
