@@ -30,7 +30,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cfg = config()
     device = resolve_device(cfg.device)
-    model, tok = load_llm(cfg.model, device, resolve_dtype(cfg.dtype, device))
+    dtype = resolve_dtype(cfg.dtype, device)
+    model, tok = load_llm(cfg.model, device, dtype)
     kb = load_kb()
     labeler = NameLabeler(kb.labels)
     g = cfg.generation
@@ -52,7 +53,7 @@ def main(argv=None):
             "examples": answers[:3],
         }
         print(name, {k: v for k, v in result[name].items() if k != "examples"}, flush=True)
-    emit(result)
+    emit(result, dtype)
 
 
 if __name__ == "__main__":

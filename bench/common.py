@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -26,9 +27,52 @@ def device_name() -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def emit(result: dict) -> None:
-    """The last line of every benchmark: one JSON object."""
-    print(json.dumps(result))
+# CPU features that decide which kernels run and whether dtype=auto picks bf16 (/proc/cpuinfo names)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def parse_cpuinfo(text: str) -> dict:
+    """/proc/cpuinfo -> {"model": first model name, "flags": set, "cores": physical cores or None}."""
+    model, flags, cores, proc = None, set(), set(), {}
+    for line in text.splitlines() + [""]:
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if not key:  # blank line: one logical CPU's block ends
+            if "core id" in proc:
+                cores.add((proc.get("physical id"), proc["core id"]))
+            proc = {}
+            continue
+        proc[key] = value
+        if key == "model name" and model is None:
+            model = value
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return {"model": model, "flags": flags, "cores": len(cores) or None}
+
+
+def host(dtype: torch.dtype) -> dict:
+    """The machine a figure comes from: CPU model, cores, the ISA flags that matter, whether oneDNN has
+    native bf16 here (what dtype=auto follows on a CPU), the dtype the benchmark ran in, torch's version."""
+    from tensorsim.models import cpu_has_fast_bf16
+
+    try:
+        info = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:  # not Linux: flags unknown
+        info = {"model": None, "flags": None, "cores": None}
+    return {
+        "cpu_model": info["model"] or platform.processor() or platform.machine(),
+        "cpu_cores": info["cores"], "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "isa": {f: (f in info["flags"]) if info["flags"] is not None else None for f in ISA_FLAGS},
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": cpu_has_fast_bf16(),
+        "dtype": str(dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def emit(result: dict, dtype: torch.dtype) -> None:
+    """The last line of every benchmark: one JSON object, with the machine and dtype it ran on."""
+    print(json.dumps(dict(result, host=host(dtype))))
 
 
 class Timer:

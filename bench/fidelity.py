@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import config, device_name, emit  # noqa: E402
+from common import config, emit  # noqa: E402
 
 from tensorsim import rng  # noqa: E402
 from tensorsim.generate import Generator, SamplingConfig  # noqa: E402
@@ -100,7 +100,7 @@ def main(argv=None):
     ap.add_argument("overrides", nargs="*", help="overrides applied to every variant, e.g. seed=1")
     args = ap.parse_args(argv)
     result = {"bench": "fidelity", "chains": args.chains, "generations": args.generations, "variants": {}}
-    loaded = {}
+    loaded, dtype = {}, None
     for name, overrides in parse_variants(args.variant).items():
         cfg = config(*args.overrides, *overrides)
         device = resolve_device(cfg.device)
@@ -108,7 +108,6 @@ def main(argv=None):
         if key not in loaded:
             dtype = resolve_dtype(cfg.dtype, device)
             loaded[key] = load_llm(cfg.model, device, dtype)
-            result.setdefault("machine", {"device": device_name(), "dtype": str(dtype)})
         rates = run_chains(cfg, *loaded[key], args.chains, args.generations)
         result["variants"][name] = {"overrides": overrides, "model": cfg.model.name, **rates}
         print(f"\n{name} ({' '.join(overrides)}; model {cfg.model.name})", flush=True)
@@ -118,7 +117,7 @@ def main(argv=None):
             print(f"{i + 1:>3} " + " ".join(f"{rates[k][i]:8.3f}" for k in ("context", "origin", "any", "distinct",
                                                                              "chars", "retries", "tokens")),
                   flush=True)
-    emit(result)
+    emit(result, dtype)
 
 
 if __name__ == "__main__":

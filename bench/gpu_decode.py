@@ -117,7 +117,7 @@ def main(argv=None):
 
         fast = FastLlama(model)
     except Exception as e:  # noqa: BLE001 - the JSON line must come whatever fails
-        emit(dict(head, error=f"{type(e).__name__}: {e}"[:500], results=[]))
+        emit(dict(head, error=f"{type(e).__name__}: {e}"[:500], results=[]), dtype)
         return
     bound = next((v for k, v in BANDWIDTH.items() if k in device_name()), None)
     rows = []
@@ -140,7 +140,7 @@ def main(argv=None):
         r["projected_grid_hours"] = round(GRID_GENERATIONS * per_gen_s / 3600, 2)
         rows.append(r)
         print(r, flush=True)
-    emit(dict(head, results=rows))
+    emit(dict(head, results=rows), dtype)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ last line one JSON object with every number.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omegaconf import OmegaConf  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit  # noqa: E402
 from tensorsim.gmm import GMMAgents  # noqa: E402
 from tensorsim.populations import build_populations  # noqa: E402
 
@@ -161,10 +162,10 @@ def main(argv=None):
         plot(rows, base, device, Path(args.out))
     except ImportError as e:  # a bare GPU image may lack matplotlib: the JSON line matters more
         print(f"no plot ({e})")
-    print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "k": args.k, "p": args.p,
-                      "numpy_agent_steps_per_s": round(base, 1), "skipped": skipped,
-                      "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-                               for r in rows]}))
+    emit({"device": str(device), "threads": torch.get_num_threads(), "k": args.k, "p": args.p,
+          "numpy_agent_steps_per_s": round(base, 1), "skipped": skipped,
+          "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]},
+         torch.float64)  # GMM state is float64
 
 
 def plot(rows, base, device, out: Path) -> None:

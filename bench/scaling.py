@@ -54,7 +54,8 @@ def main(argv=None):
     for r in by_n + by_packed:
         print(f"{'n' if r in by_n else 'packed':<10}{r['n']:>6}{r['populations']:>6}"
               f"{r['agent_steps_per_s']:>15.2f}{r['new_tokens_per_s']:>10.1f}")
-    emit({"by_n": by_n, "by_packed": by_packed, "device": device_name(), "png": args.png})
+    emit({"by_n": by_n, "by_packed": by_packed, "device": device_name(), "png": args.png},
+         next(loaded[0].parameters()).dtype)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def main(argv=None):
     result.update(machine=peaks, ceiling=ceiling)
     result.update(engine=engine.generator.cfg.engine, device=device_name(), n=args.n, populations=engine.B,
                   measured_steps=args.steps, model=cfg.model.name, torch=torch.__version__)
-    emit(result)
+    emit(result, next(model.parameters()).dtype)
 
 
 if __name__ == "__main__":

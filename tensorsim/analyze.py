@@ -6,6 +6,7 @@ Input formats (one format per call; several files are one run, concatenated in t
                     ("[' The prettiest flower is the rose, ...']"). The step column may continue or restart
                     from one file to the next: steps are re-indexed 0..T-1 in file order.
   transcript (.jsonl)  tensorsim's own transcript.jsonl: {"replica", "t", "agent", "response", ...} per line.
+  transcript (.parquet)  tensorsim's transcript.parquet (output.format=parquet): the same columns.
 Every answer is labelled (name labeler by default: the earliest known flower name in the text), every
 metric and pattern is computed as in a simulation, and DIR receives what a simulation writes:
 metrics.csv, agents.csv (partner and mirrored empty), transcript.jsonl, summary.json, stability.png,
@@ -33,7 +34,7 @@ from .errors import UserError
 from .outputs import SUMMARY, is_complete, write_json_atomic
 from .patterns import PatternRules, label_name, last_change_step, run_pattern, silo_patterns
 
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -124,34 +125,63 @@ def read_wide_csv(paths: list[Path], notes: list[str]) -> tuple[list[str], list[
     return agents, answers
 
 
+def _record(path: Path, where: str, rec: dict) -> tuple:
+    """One transcript record, checked -> (where, replica, t, agent, response)."""
+    for key in ("t", "agent"):
+        if not (isinstance(rec.get(key), int) and not isinstance(rec.get(key), bool)) or rec[key] < 0:
+            raise UserError(f"{path} {where}: {key!r} must be an integer >= 0")
+    if not isinstance(rec.get("response"), str):
+        raise UserError(f"{path} {where}: 'response' must be a string")
+    r = rec.get("replica", 0)
+    if not isinstance(r, int) or isinstance(r, bool):
+        raise UserError(f"{path} {where}: 'replica' must be an integer")
+    return where, r, rec["t"], rec["agent"], rec["response"]
+
+
+def _jsonl_records(path: Path) -> list[tuple]:
+    records = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line, text in enumerate(f, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    rec = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path} line {line}: not JSON ({e.msg})") from None
+                if not isinstance(rec, dict):
+                    raise UserError(f"{path} line {line}: expected an object with t, agent, response")
+                records.append(_record(path, f"line {line}", rec))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return records
+
+
+def _parquet_records(path: Path) -> list[tuple]:
+    """tensorsim's transcript.parquet (output.format=parquet): columns t, agent, response, and replica."""
+    import pyarrow.parquet as pq
+
+    from .outputs import parquet_batches
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same one-line error
+        raise UserError(f"{path}: not a readable Parquet table ({str(e).splitlines()[0]})") from None
+    cols = ["t", "agent", "response"] + (["replica"] if "replica" in names else [])
+    records, row = [], 0
+    for batch in parquet_batches(path, cols):
+        for rec in batch.to_pylist():
+            row += 1
+            records.append(_record(path, f"row {row}", rec))
+    return records
+
+
 def read_transcripts(paths: list[Path], notes: list[str]) -> tuple[list[str], dict[int, list[list[str]]]]:
     """-> (agent names, replica -> answers [T][n]); the t of each file are re-indexed after the last file's."""
     data: dict[int, dict[int, dict[int, str]]] = {}
     offset = 0
     for path in paths:
-        records = []
-        try:
-            with open(path, encoding="utf-8") as f:
-                for line, text in enumerate(f, start=1):
-                    if not text.strip():
-                        continue
-                    try:
-                        rec = json.loads(text)
-                    except json.JSONDecodeError as e:
-                        raise UserError(f"{path} line {line}: not JSON ({e.msg})") from None
-                    if not isinstance(rec, dict):
-                        raise UserError(f"{path} line {line}: expected an object with t, agent, response")
-                    for key in ("t", "agent"):
-                        if not (isinstance(rec.get(key), int) and not isinstance(rec.get(key), bool)) or rec[key] < 0:
-                            raise UserError(f"{path} line {line}: {key!r} must be an integer >= 0")
-                    if not isinstance(rec.get("response"), str):
-                        raise UserError(f"{path} line {line}: 'response' must be a string")
-                    r = rec.get("replica", 0)
-                    if not isinstance(r, int) or isinstance(r, bool):
-                        raise UserError(f"{path} line {line}: 'replica' must be an integer")
-                    records.append((line, r, rec["t"], rec["agent"], rec["response"]))
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        records = _parquet_records(path) if path.suffix.lower() == ".parquet" else _jsonl_records(path)
         if not records:
             raise UserError(f"{path}: no transcript records")
         ts = sorted({t for _, _, t, _, _ in records})
@@ -159,7 +189,7 @@ def read_transcripts(paths: list[Path], notes: list[str]) -> tuple[list[str], di
         for line, r, t, a, resp in records:
             cell = data.setdefault(r, {}).setdefault(index[t], {})
             if a in cell:
-                raise UserError(f"{path} line {line}: a second answer of agent {a} at replica {r}, t={t}")
+                raise UserError(f"{path} {line}: a second answer of agent {a} at replica {r}, t={t}")
             cell[a] = resp
         if len(paths) > 1:
             notes.append(f"{path}: t {ts[0]}..{ts[-1]} -> t = {offset}..{offset + len(ts) - 1}")
@@ -193,16 +223,16 @@ def read_inputs(paths: list[Path], notes: list[str]) -> tuple[str, list[str], di
     for p in paths:
         kind = FORMATS.get(p.suffix.lower())
         if kind is None:
-            raise UserError(f"{p}: unknown format {p.suffix or '(no extension)'!r} (expected a wide .csv or a "
-                            f"transcript .jsonl)")
+            raise UserError(f"{p}: unknown format {p.suffix or '(no extension)'!r} (expected a wide .csv, a "
+                            f"transcript .jsonl or .parquet)")
         kinds.append(kind)
     if len(set(kinds)) > 1:
-        raise UserError("mixed input formats: give either wide .csv files or transcript .jsonl files")
+        raise UserError("mixed input formats: give either wide .csv files or transcript .jsonl or .parquet files")
     if kinds[0] == "csv":
         agents, answers = read_wide_csv(paths, notes)
         return "csv", agents, {0: answers}
     agents, by_replica = read_transcripts(paths, notes)
-    return "jsonl", agents, by_replica
+    return kinds[0], agents, by_replica
 
 
 def read_names(path: Path | None) -> tuple[list[str], str]:

@@ -6,6 +6,8 @@ import string
 
 from .errors import UserError
 from .graph import BACKENDS
+from .models import check_weights
+from .outputs import AUTO_PARQUET_ROWS, FORMATS as OUTPUT_FORMATS
 from .populations import as_list
 from .protocol import LABEL_RULES
 
@@ -96,12 +98,27 @@ def validate(cfg) -> None:
          w.decay_min_entropy_drop, "a number > 0 (nats)")
     need(cfg.labeler in LABELERS, "labeler", cfg.labeler, f"one of {', '.join(LABELERS)}")
     validate_backend(cfg)
+    fmt = cfg.output.get("format", "csv")
+    need(fmt in OUTPUT_FORMATS, "output.format", fmt, f"one of {', '.join(OUTPUT_FORMATS)} (auto: parquet from "
+                                                      f"{AUTO_PARQUET_ROWS:,} agent rows)")
 
     if cfg.agents.kind == "llm":
         validate_llm(cfg)
+    else:
+        refuse_unused_paths(cfg)
+
+
+def refuse_unused_paths(cfg) -> None:
+    """GMM agents read no knowledge base and load no model: a path given for one would be silently ignored."""
+    for key, value in (("kb", cfg.get("kb")), ("model.path", cfg.model.get("path")),
+                       ("embedder.path", cfg.embedder.get("path"))):
+        need(not value, key, value, f"agents={cfg.agents.kind} uses no knowledge base, LLM or embedder "
+                                    f"(drop it, or set agents=llm)")
 
 
 def validate_llm(cfg) -> None:
+    check_weights(cfg.model, "model")
+    check_weights(cfg.embedder, "embedder")
     tpl = cfg.prompt.template
     need(isinstance(tpl, str), "prompt.template", tpl, "a string holding {context}")
     try:

@@ -95,21 +95,51 @@ def embedded_llm_dir(cfg) -> Path:
     return target
 
 
+SOURCES = ("embedded", "path")
+
+
 def local_dir(cfg, group: str) -> Path:
     path = cfg.get("path")
     if not path or path == "???":
         raise UserError(f"{group}.path is required for {group}={cfg.name} (a local directory with the weights)")
     p = Path(str(path)).expanduser()
     if not p.is_dir():
-        raise UserError(f"{group}.path={path} does not exist or is not a directory")
+        alt = f", or null for the embedded {cfg.name}" if cfg.source == "embedded" else ""
+        raise UserError(f"{group}.path={path} does not exist or is not a directory (allowed: a local directory "
+                        f"holding the weights as safetensors{alt})")
     return p
+
+
+def weights_dir(cfg, group: str) -> Path | None:
+    """The checked local directory a model config loads from; None for the embedded package. A path wins
+    over the embedded default: whoever writes one means it (it was once silently ignored)."""
+    if cfg.source not in SOURCES:
+        raise UserError(f"{group}.source={cfg.source!r} is not allowed: one of {', '.join(SOURCES)}")
+    if cfg.source == "embedded" and not cfg.get("path"):
+        return None
+    return local_dir(cfg, group)
+
+
+def weights_name(cfg) -> str:
+    """What a summary calls the model: a path that replaces the embedded one is named by its directory."""
+    if cfg.source == "embedded" and cfg.get("path"):
+        return Path(str(cfg.path)).expanduser().name
+    return cfg.name
+
+
+def check_weights(cfg, group: str) -> None:
+    """Before anything runs: the directory exists, and no setting is silently ignored."""
+    local = weights_dir(cfg, group)
+    if local is not None and cfg.get("cache_dir"):
+        raise UserError(f"{group}.cache_dir={cfg.cache_dir} is not allowed with {group}.path={cfg.path}: only "
+                        f"the embedded GGUF model is dequantised into a cache (set one of them)")
 
 
 def load_llm(cfg, device: torch.device, dtype: torch.dtype):
     """-> (model, tokenizer) with left padding, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = embedded_llm_dir(cfg) if cfg.source == "embedded" else local_dir(cfg, "model")
+    path = weights_dir(cfg, "model") or embedded_llm_dir(cfg)
     kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=bool(cfg.trust_remote_code))
     if cfg.get("device_map"):
         kwargs["device_map"] = cfg.device_map  # accelerate places big models over the devices
@@ -134,10 +164,7 @@ class Embedder:
     def __init__(self, cfg, device: torch.device, dtype: torch.dtype = torch.float32):
         from transformers import AutoModel, AutoTokenizer
 
-        if cfg.source == "embedded":
-            path = package_dir(cfg.package) / "model"
-        else:
-            path = local_dir(cfg, "embedder")
+        path = weights_dir(cfg, "embedder") or package_dir(cfg.package) / "model"
         trust = bool(cfg.trust_remote_code)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)

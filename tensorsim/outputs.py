@@ -8,19 +8,56 @@ Per cell directory (the run directory itself for a single (k, p) cell, cells/k{K
   stability.png, entropy.png, silos.png
 Tables stream into *.partial files that are renamed when the run ends; summary.json is written last
 (temporary file + rename) and is what marks a directory as complete.
+
+output.format=parquet writes metrics.parquet, agents.parquet and transcript.parquet instead (same columns,
+full float64 precision, stability null at t=0, label_name dictionary-encoded, mirrored boolean), in row
+groups of about ROW_GROUP_ROWS rows. A Parquet file is only readable once its footer is written, so each
+table streams into segments under <table>.partial/, one closed at every checkpoint: a resumed run drops
+the segments after its checkpoint, as CSV tables are cut at their byte offset, and at the end the
+segments' row groups are copied into the one final file (byte-identical to an uninterrupted run's).
 """
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
+
+import numpy as np
 
 from .patterns import label_name
 from .populations import Populations
 
 SUMMARY = "summary.json"
 TABLES = ("metrics.csv", "agents.csv", "transcript.jsonl")
+FORMATS = ("csv", "parquet", "auto")
+EXTENSIONS = {"csv": {"metrics": ".csv", "agents": ".csv", "transcript": ".jsonl"},
+              "parquet": {"metrics": ".parquet", "agents": ".parquet", "transcript": ".parquet"}}
+# output.format=auto: Parquet from this many agent rows (B x n x T) on; agents.csv would pass ~40 MB there
+AUTO_PARQUET_ROWS = 1_000_000
+ROW_GROUP_ROWS = 100_000  # a row group holds whole steps, at least this many rows unless a segment ends
+
+
+def resolve_format(fmt: str, agent_rows: int) -> str:
+    """output.format -> 'csv' or 'parquet'; agent_rows: rows agents.csv would get (0 when not written)."""
+    if fmt == "auto":
+        fmt = "parquet" if agent_rows >= AUTO_PARQUET_ROWS else "csv"
+    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        from .errors import UserError
+        raise UserError("output.format=parquet needs pyarrow, which is not installed (pip install pyarrow; "
+                        "or output.format=csv)")
+    return fmt
+
+
+def table_path(directory: Path, name: str) -> Path | None:
+    """The complete table `name` (metrics, agents, transcript) of a cell directory, in either format."""
+    for fmt in ("csv", "parquet"):
+        path = Path(directory) / (name + EXTENSIONS[fmt][name])
+        if path.is_file():
+            return path
+    return None
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -104,16 +141,176 @@ class CellWriter:
         write_json_atomic(self.dir / SUMMARY, summary)
 
 
+class ParquetTable:
+    """One Parquet table streamed in row groups into segment files under <path>.partial/; a checkpoint
+    closes the open segment (tell), resume drops the segments after it, close() joins them into path."""
+
+    def __init__(self, path: Path, schema, segments: int | None = None):
+        import pyarrow.parquet as pq
+
+        self.pq, self.path, self.schema = pq, path, schema
+        self.partial = path.with_name(path.name + ".partial")
+        if segments is None:  # a fresh run: nothing stale may end up in the table
+            shutil.rmtree(self.partial, ignore_errors=True)
+        else:  # resume: segments written after the checkpoint are redone
+            if len(self._segments()) < segments:  # joined or deleted since: resuming would drop rows
+                from .errors import UserError
+                raise UserError(f"cannot resume: {self.partial} holds {len(self._segments())} of the {segments} "
+                                f"segments the checkpoint recorded")
+            for seg in self._segments()[segments:]:
+                seg.unlink()
+        self.partial.mkdir(parents=True, exist_ok=True)
+        self.done = len(self._segments())
+        self.writer, self.buffer, self.buffered = None, [], 0
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.partial.glob("seg-*.parquet")) if self.partial.is_dir() else []
+
+    def append(self, columns: dict) -> None:
+        """Rows of one step, as column arrays; a row group is written once enough rows are buffered."""
+        import pyarrow as pa
+
+        batch = pa.record_batch([columns[f.name] for f in self.schema], schema=self.schema)
+        self.buffer.append(batch)
+        self.buffered += batch.num_rows
+        if self.buffered >= ROW_GROUP_ROWS:
+            self._write_row_group()
+
+    def _write_row_group(self) -> None:
+        import pyarrow as pa
+
+        if not self.buffered:
+            return
+        if self.writer is None:
+            self.writer = self.pq.ParquetWriter(self.partial / f"seg-{self.done:05d}.parquet", self.schema)
+        self.writer.write_table(pa.Table.from_batches(self.buffer, self.schema), row_group_size=self.buffered)
+        self.buffer, self.buffered = [], 0
+
+    def tell(self) -> int:
+        """Close the open segment (its footer makes it readable) -> complete segments: what a checkpoint records."""
+        self._write_row_group()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer, self.done = None, self.done + 1
+        return self.done
+
+    def flush(self) -> None:
+        """Row groups are written whole; a segment becomes readable at the next checkpoint."""
+
+    def close(self) -> None:
+        """Copy every segment's row groups, in order, into path (through a temporary file), drop the segments."""
+        self.tell()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with self.pq.ParquetWriter(tmp, self.schema) as out:
+            for seg in self._segments():
+                f = self.pq.ParquetFile(seg)
+                for i in range(f.num_row_groups):
+                    group = f.read_row_group(i)
+                    out.write_table(group, row_group_size=max(1, group.num_rows))
+        os.replace(tmp, self.path)
+        shutil.rmtree(self.partial)
+
+
+def _schemas(kp: bool, names_type):
+    import pyarrow as pa
+
+    extra = [("k", pa.int64()), ("p", pa.float64())] if kp else []
+    return {
+        "metrics": pa.schema([("replica", pa.int64()), ("t", pa.int64()), ("stability", pa.float64()),
+                              ("entropy", pa.float64()), ("n_silos", pa.int64())] + extra),
+        "agents": pa.schema([("replica", pa.int64()), ("t", pa.int64()), ("agent", pa.int64()),
+                             ("label", pa.int64()), ("label_name", names_type), ("partner", pa.int64()),
+                             ("mirrored", pa.bool_())] + extra),
+        "transcript": pa.schema([("replica", pa.int64()), ("t", pa.int64()), ("agent", pa.int64()),
+                                 ("context", pa.string()), ("response", pa.string())] + extra),
+    }
+
+
+class ParquetCellWriter:
+    """CellWriter's interface, writing Parquet tables (see the module's docstring)."""
+
+    def __init__(self, directory: Path, members: list[int], replicas: list[int], names: list[str],
+                 kp: tuple[int, float] | None, transcript: bool, agents: bool = True,
+                 offsets: dict[str, int] | None = None):
+        """offsets: when resuming, the complete segments of each table at the checkpoint."""
+        import pyarrow as pa
+
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.members, self.replicas, self.names, self.kp = members, replicas, names, kp
+        # label_name by dictionary index: label + 1 (0 = unlabeled); one dictionary for every row group
+        self._names = pa.array(["unlabeled"] + list(names), pa.string())
+        schemas = _schemas(kp is not None, pa.dictionary(pa.int32(), pa.string()))
+        wanted = ["metrics"] + (["agents"] if agents else []) + (["transcript"] if transcript else [])
+        self._tables = {name: ParquetTable(self.dir / f"{name}.parquet", schemas[name],
+                                           offsets[name] if offsets else None) for name in wanted}
+
+    def _extra(self, rows: int) -> dict:
+        if not self.kp:
+            return {}
+        return {"k": np.full(rows, self.kp[0], dtype=np.int64), "p": np.full(rows, self.kp[1], dtype=np.float64)}
+
+    def write_step(self, t: int, labels, partner, mirrored, stability, entropy, n_silos, contexts, responses, n):
+        import pyarrow as pa
+
+        m, R = self.members, len(self.members)
+        replica = np.asarray(self.replicas, dtype=np.int64)
+        s = pa.nulls(R, pa.float64()) if stability is None else stability[m].double().numpy()
+        self._tables["metrics"].append(dict(replica=replica, t=np.full(R, t, dtype=np.int64), stability=s,
+                                            entropy=entropy[m].double().numpy(),
+                                            n_silos=n_silos[m].numpy().astype(np.int64), **self._extra(R)))
+        rows = dict(replica=np.repeat(replica, n), t=np.full(R * n, t, dtype=np.int64),
+                    agent=np.tile(np.arange(n, dtype=np.int64), R), **self._extra(R * n))
+        if "agents" in self._tables:
+            lab = labels[m].numpy().astype(np.int64).ravel()
+            known = (lab >= 0) & (lab < len(self.names))
+            name_idx = pa.array(np.where(known, lab + 1, 0).astype(np.int32))
+            self._tables["agents"].append(dict(
+                rows, label=lab, label_name=pa.DictionaryArray.from_arrays(name_idx, self._names),
+                partner=partner[m].numpy().astype(np.int64).ravel(), mirrored=mirrored[m].numpy().astype(bool).ravel()))
+        if "transcript" in self._tables and responses is not None:
+            idx = [b * n + i for b in m for i in range(n)]
+            self._tables["transcript"].append(dict(rows, context=pa.array([contexts[j] for j in idx], pa.string()),
+                                                   response=pa.array([responses[j] for j in idx], pa.string())))
+
+    def flush(self):
+        for table in self._tables.values():
+            table.flush()
+
+    def tell(self) -> dict[str, int]:
+        return {name: table.tell() for name, table in self._tables.items()}
+
+    def close(self, summary: dict) -> None:
+        """Join each table's segments into place, then write summary.json last."""
+        for table in self._tables.values():
+            table.close()
+        write_json_atomic(self.dir / SUMMARY, summary)
+
+
+def _remove_other_format(directory: Path, fmt: str) -> None:
+    """A fresh run (or overwrite=true) in the other format must not leave the old tables to be read."""
+    other = "parquet" if fmt == "csv" else "csv"
+    for name, ext in EXTENSIONS[other].items():
+        for path in (directory / (name + ext), directory / (name + ext + ".partial")):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+
 def make_cell_writers(run_dir: Path, pops: Populations, names: list[str], transcript: bool,
-                      agents: bool = True, offsets: list[dict] | None = None) -> list[CellWriter]:
+                      agents: bool = True, offsets: list[dict] | None = None, fmt: str = "csv") -> list:
     grid = len(pops.cells) > 1
+    cls = ParquetCellWriter if fmt == "parquet" else CellWriter
     writers = []
     for c, (k, p) in enumerate(pops.cells):
         members = (pops.cell == c).nonzero().flatten().tolist()
         replicas = pops.replica[members].tolist()
         directory = run_dir / "cells" / cell_dirname(k, p) if grid else run_dir
-        writers.append(CellWriter(directory, members, replicas, names, (k, p) if grid else None, transcript, agents,
-                                   offsets[c] if offsets else None))
+        if not offsets:
+            _remove_other_format(directory, fmt)
+        writers.append(cls(directory, members, replicas, names, (k, p) if grid else None, transcript, agents,
+                           offsets[c] if offsets else None))
     return writers
 
 
@@ -125,3 +322,21 @@ def refuse_completed(run_dir: Path, overwrite: bool) -> None:
                         f"or set overwrite=true")
     if overwrite and is_complete(run_dir):
         (run_dir / SUMMARY).unlink()
+
+
+def parquet_batches(path: Path, columns: list[str], batch_size: int = 1 << 20):
+    """Stream a Parquet table's columns in record batches (never the whole table) -> pyarrow RecordBatch.
+    A file that is not Parquet, or lacks a column, is a one-line UserError."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .errors import UserError
+
+    try:
+        f = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable Parquet table ({str(e).splitlines()[0]})") from None
+    missing = [c for c in columns if c not in f.schema_arrow.names]
+    if missing:
+        raise UserError(f"{path}: expected the columns {', '.join(columns)} (missing: {', '.join(missing)})")
+    yield from f.iter_batches(batch_size=batch_size, columns=columns)

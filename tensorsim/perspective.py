@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .outputs import parquet_batches, table_path
+from .plots import silo_colours
 from .report import _kp_label, plt, read_agent_labels, save_fig
 
 
@@ -36,9 +38,20 @@ def classical_mds(D: np.ndarray, dims: int = 2) -> np.ndarray:
     return X
 
 
-def pairwise_distances(X: np.ndarray) -> np.ndarray:
-    sq = (X * X).sum(-1)
-    return np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2 * X @ X.T, 0.0, None))
+def pairwise_distances(X: np.ndarray, block_elems: int = 1 << 22) -> np.ndarray:
+    """Euclidean distances in float64 from coordinate differences. Not sqrt(|x|^2 + |y|^2 - 2 x.y):
+    that form leaves ~sqrt(eps)|x| of rounding between identical points, and the rounding depends on
+    the BLAS kernel the CPU picks. Differences give exact zeros for identical points, exact symmetry,
+    and no BLAS at all. Rows go in blocks of about block_elems differences (bounded memory).
+    X: [m, d] -> [m, m] float64"""
+    X = np.asarray(X, dtype=np.float64)
+    m, d = X.shape
+    out = np.empty((m, m))
+    rows = max(1, block_elems // max(1, m * d))
+    for r0 in range(0, m, rows):
+        diff = X[r0:r0 + rows, None, :] - X[None, :, :]  # [b, m, d]
+        out[r0:r0 + rows] = np.sqrt(np.square(diff).sum(-1))  # rounded products, fixed-order sum
+    return out
 
 
 def parse_steps(spec: str, T: int) -> list[int]:
@@ -78,10 +91,6 @@ def perspective_rows(emb_by_step: dict[int, np.ndarray]) -> tuple[np.ndarray, li
     return classical_mds(pairwise_distances(X)), steps
 
 
-def _label_colour(label: int):
-    return (0.6, 0.6, 0.6, 1.0) if label < 0 else plt.get_cmap("tab20")(label % 20)
-
-
 def perspective_figure(path: Path, rows: list[tuple[str, dict, dict, list[str]]]) -> None:
     """rows: (title, t -> [n, d] embeddings, t -> [n] labels, label names), one figure row each."""
     ncol = max(len(r[1]) for r in rows)
@@ -92,6 +101,7 @@ def perspective_figure(path: Path, rows: list[tuple[str, dict, dict, list[str]]]
         pad = 0.05 * (np.ptp(coords, axis=0).max() or 1.0)
         lo, hi = coords.min(axis=0) - pad, coords.max(axis=0) + pad
         seen = {}
+        colours = silo_colours(np.stack([np.asarray(labels[t]) for t in steps]))  # final = last step shown
         for j, t in enumerate(steps):
             ax = axes[i, j]
             xy = coords[j * n:(j + 1) * n]
@@ -99,7 +109,7 @@ def perspective_figure(path: Path, rows: list[tuple[str, dict, dict, list[str]]]
             for v in np.unique(lab):
                 sel = lab == v
                 name = names[v] if 0 <= v < len(names) else "unlabeled"
-                seen[name] = ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=_label_colour(int(v)), label=name,
+                seen[name] = ax.scatter(xy[sel, 0], xy[sel, 1], s=18, color=colours[int(v)], label=name,
                                         edgecolor="black", linewidth=0.3)
             ax.set_xlim(lo[0], hi[0])
             ax.set_ylim(lo[1], hi[1])
@@ -116,8 +126,14 @@ def perspective_figure(path: Path, rows: list[tuple[str, dict, dict, list[str]]]
 
 
 def read_transcript_steps(path: Path, replica: int, steps: set[int]) -> dict[int, dict[int, str]]:
-    """t -> agent -> response, for one replica and the given steps."""
+    """t -> agent -> response, for one replica and the given steps (transcript.jsonl or .parquet)."""
     out: dict[int, dict[int, str]] = {}
+    if path.suffix == ".parquet":
+        for batch in parquet_batches(path, ["replica", "t", "agent", "response"]):
+            rep, t = batch.column(0).to_numpy(), batch.column(1).to_numpy()
+            for i in np.nonzero((rep == replica) & np.isin(t, list(steps)))[0].tolist():
+                out.setdefault(int(t[i]), {})[batch.column(2)[i].as_py()] = batch.column(3)[i].as_py() or ""
+        return out
     with open(path, encoding="utf-8") as f:
         for line in f:
             if not line.strip():
@@ -152,17 +168,18 @@ def perspective_for_groups(groups: dict, spec: str, device: str, max_agents: int
     (title, t -> [n, d] embeddings, t -> [n] labels, label names); what is skipped goes to notes."""
     rows, embedders = [], {}
     for key, cells in groups.items():
-        cell = next((c for c in cells if (c.dir / "transcript.jsonl").is_file() and c.replicas), None)
+        cell = next((c for c in cells if table_path(c.dir, "transcript") and c.replicas), None)
         if cell is None:
-            notes.append(f"perspective: {_kp_label(*key)} has no transcript.jsonl (GMM agents or "
+            notes.append(f"perspective: {_kp_label(*key)} has no transcript (GMM agents or "
                          f"output.transcript=false): skipped")
             continue
         r = cell.replicas[0]["replica"]
         T = len(cell.E[r])
         steps = parse_steps(spec, T)
-        texts = read_transcript_steps(cell.dir / "transcript.jsonl", r, set(steps))
+        transcript = table_path(cell.dir, "transcript")
+        texts = read_transcript_steps(transcript, r, set(steps))
         if not texts:
-            notes.append(f"perspective: {cell.dir} has no answers in transcript.jsonl (GMM agents?): skipped")
+            notes.append(f"perspective: {cell.dir} has no answers in {transcript.name} (GMM agents?): skipped")
             continue
         if any(t not in texts for t in steps):
             notes.append(f"perspective: {cell.dir} transcript lacks some of the steps {steps}: skipped")
@@ -177,20 +194,28 @@ def perspective_for_groups(groups: dict, spec: str, device: str, max_agents: int
         if ck not in embedders:
             embedders[ck] = make_embedder(cfg, device)
         emb = {t: embedders[ck].responses([texts[t].get(a, "") for a in agents]).cpu().numpy() for t in steps}
-        if (cell.dir / "agents.csv").is_file():
-            lab_all = read_agent_labels(cell.dir / "agents.csv", [r]).get(r)
+        agents_table = table_path(cell.dir, "agents")
+        if agents_table is not None:
+            lab_all = read_agent_labels(agents_table, [r]).get(r)
             labels = {t: lab_all[t, agents] for t in steps}
+            names = _names_from_agents(agents_table)
         else:
             labels = {t: np.full(len(agents), -1) for t in steps}
-        names = _names_from_agents(cell.dir / "agents.csv")
+            names = []
         rows.append((f"{_kp_label(*key)} run {r}", emb, labels, names))
     return rows
 
 
 def _names_from_agents(path: Path) -> list[str]:
-    """Label id -> name as recorded in agents.csv (ids without a row are '?')."""
+    """Label id -> name as recorded in agents.csv or agents.parquet (ids without a row are '?')."""
     names: dict[int, str] = {}
-    if path.is_file():
+    if path.suffix == ".parquet":
+        for batch in parquet_batches(path, ["label", "label_name"]):
+            lab = batch.column(0).to_numpy()
+            first = np.unique(lab, return_index=True)[1]  # one name lookup per distinct label
+            for i in first.tolist():
+                names.setdefault(int(lab[i]), batch.column(1)[i].as_py() or "?")
+    elif path.is_file():
         with open(path, encoding="utf-8", newline="") as f:
             for row in csv.DictReader(f):
                 try:

@@ -12,7 +12,7 @@ summary.json is incomplete (still running or crashed) and is skipped with a note
   curves_stability.png   S(t) per cell: mean over runs with a band (--band sd | iqr)
   curves_entropy.png     E(t) likewise
   silo_sizes.png         per cell: mean size over runs of the largest, 2nd largest, ... silo at each step
-                         (stacked areas; needs agents.csv)
+                         (stacked areas; needs agents.csv or agents.parquet)
   perspective.png        with --embed: the perspective space of Helm et al., classical MDS of the answer
                          embeddings at the --mds-steps, one shared frame per cell (first run with a
                          transcript), agents coloured by label; needs transcript.jsonl
@@ -35,10 +35,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .errors import UserError  # noqa: E402
-from .outputs import SUMMARY  # noqa: E402
+from .outputs import SUMMARY, parquet_batches, table_path  # noqa: E402
 from .patterns import PATTERNS, last_change_step  # noqa: E402
 
-RUN_MARKERS = ("metrics.csv", "metrics.csv.partial", "agents.csv.partial", "transcript.jsonl.partial", ".hydra")
+RUN_MARKERS = ("metrics.csv", "metrics.csv.partial", "agents.csv.partial", "transcript.jsonl.partial", "metrics.parquet",
+               "metrics.parquet.partial", "agents.parquet.partial", "transcript.parquet.partial", ".hydra")
 MAX_RANKS = 6  # silo_sizes.png: ranks shown one by one; the rest are stacked as "other silos"
 
 
@@ -76,8 +77,30 @@ def _load_json(path: Path) -> dict:
     return data
 
 
+def _metrics_rows_parquet(path: Path) -> dict[int, dict[int, tuple]]:
+    rows: dict[int, dict[int, tuple]] = {}
+    for batch in parquet_batches(path, ["replica", "t", "stability", "entropy", "n_silos"]):
+        c = batch.to_pydict()
+        for r, t, s, e, k in zip(c["replica"], c["t"], c["stability"], c["entropy"], c["n_silos"]):
+            rows.setdefault(r, {})[t] = (math.nan if s is None else s, e, k)
+    return rows
+
+
 def read_metrics(path: Path) -> tuple[dict, dict, dict]:
-    """metrics.csv -> (S, E, n_silos), each replica -> array over t."""
+    """metrics.csv or metrics.parquet -> (S, E, n_silos), each replica -> array over t."""
+    rows = _metrics_rows_parquet(path) if path.suffix == ".parquet" else _metrics_rows_csv(path)
+    S, E, silos = {}, {}, {}
+    for r, by_t in sorted(rows.items()):
+        T = max(by_t) + 1
+        if len(by_t) != T:
+            raise UserError(f"{path}: replica {r} lacks steps (has {len(by_t)} of t = 0..{T - 1})")
+        S[r] = np.array([by_t[t][0] for t in range(T)], dtype=float)
+        E[r] = np.array([by_t[t][1] for t in range(T)], dtype=float)
+        silos[r] = np.array([by_t[t][2] for t in range(T)], dtype=np.int64)
+    return S, E, silos
+
+
+def _metrics_rows_csv(path: Path) -> dict[int, dict[int, tuple]]:
     rows: dict[int, dict[int, tuple]] = {}
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
@@ -91,20 +114,35 @@ def read_metrics(path: Path) -> tuple[dict, dict, dict]:
                 rows.setdefault(r, {})[t] = (s, float(row["entropy"]), int(row["n_silos"]))
             except (TypeError, ValueError):
                 raise UserError(f"{path} line {line}: not a metrics row: {row}") from None
-    S, E, silos = {}, {}, {}
-    for r, by_t in sorted(rows.items()):
-        T = max(by_t) + 1
-        if len(by_t) != T:
-            raise UserError(f"{path}: replica {r} lacks steps (has {len(by_t)} of t = 0..{T - 1})")
-        S[r] = np.array([by_t[t][0] for t in range(T)], dtype=float)
-        E[r] = np.array([by_t[t][1] for t in range(T)], dtype=float)
-        silos[r] = np.array([by_t[t][2] for t in range(T)], dtype=np.int64)
-    return S, E, silos
+    return rows
+
+
+def _agent_labels_parquet(path: Path, wanted) -> dict[int, np.ndarray]:
+    """Two streamed passes: the shape of each replica's [T, n], then its labels (no dict per row)."""
+    cols = ["replica", "t", "agent", "label"]
+    shape: dict[int, tuple[int, int]] = {}
+    for batch in parquet_batches(path, cols[:3]):
+        rep, t, a = (batch.column(i).to_numpy() for i in range(3))
+        for r in np.unique(rep).tolist():
+            if wanted is None or r in wanted:
+                sel = rep == r
+                T0, n0 = shape.get(r, (0, 0))
+                shape[r] = (max(T0, int(t[sel].max()) + 1), max(n0, int(a[sel].max()) + 1))
+    out = {r: np.full(tn, -1, dtype=np.int64) for r, tn in shape.items()}
+    for batch in parquet_batches(path, cols):
+        rep, t, a, lab = (batch.column(i).to_numpy() for i in range(4))
+        for r in np.unique(rep).tolist():
+            if r in out:
+                sel = rep == r
+                out[r][t[sel], a[sel]] = lab[sel]
+    return out
 
 
 def read_agent_labels(path: Path, replicas=None) -> dict[int, np.ndarray]:
-    """agents.csv -> replica -> [T, n] label ids (only the given replicas, if any)."""
+    """agents.csv or agents.parquet -> replica -> [T, n] label ids (only the given replicas, if any)."""
     wanted = None if replicas is None else set(replicas)
+    if path.suffix == ".parquet":
+        return _agent_labels_parquet(path, wanted)
     cells: dict[int, dict[tuple[int, int], int]] = {}
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
@@ -138,11 +176,12 @@ def _looks_like_run(d: Path) -> bool:
 
 def _load_cell(d: Path, notes: list[str]) -> Cell | None:
     summary = _load_json(d / SUMMARY)
-    if not (d / "metrics.csv").is_file():
-        notes.append(f"skipped {d}: summary.json but no metrics.csv")
+    metrics = table_path(d, "metrics")
+    if metrics is None:
+        notes.append(f"skipped {d}: summary.json but no metrics.csv or metrics.parquet")
         return None
     cell = Cell(d, summary)
-    cell.S, cell.E, cell.silos = read_metrics(d / "metrics.csv")
+    cell.S, cell.E, cell.silos = read_metrics(metrics)
     return cell
 
 
@@ -384,15 +423,25 @@ class _quiet:
         return self._w.__exit__(*a)
 
 
+def rank_layer_style(ranks: int, other: bool) -> tuple[list[str], list[tuple]]:
+    """Labels and colours of silo_sizes.png's layers: the ranks in pairwise distinct colours (the same in
+    every panel), "other silos" in a grey no rank gets."""
+    from .plots import distinct_colours, grey_shade
+
+    labels = [f"silo rank {r + 1}" for r in range(ranks)] + (["other silos"] if other else [])
+    return labels, distinct_colours(ranks) + ([grey_shade(0)] if other else [])
+
+
 def silo_sizes(path: Path, groups: dict, notes: list[str]) -> bool:
     """Stacked areas of the mean rank-1, rank-2, ... silo sizes per cell. False if no agents.csv."""
     per_group = {}
     for key, cells in groups.items():
         mats = []
         for c in cells:
-            if not (c.dir / "agents.csv").is_file():
+            agents = table_path(c.dir, "agents")
+            if agents is None:
                 continue
-            for lab in read_agent_labels(c.dir / "agents.csv").values():
+            for lab in read_agent_labels(agents).values():
                 mats.append(rank_sizes(lab))
         if mats:
             T = max(m.shape[0] for m in mats)
@@ -403,25 +452,27 @@ def silo_sizes(path: Path, groups: dict, notes: list[str]) -> bool:
             with _quiet():
                 per_group[key] = (np.nanmean(arr, axis=0), len(mats))
     if not per_group:
-        notes.append("silo_sizes.png not written: no agents.csv in the runs (output.agents=false)")
+        notes.append("silo_sizes.png not written: no agents.csv or agents.parquet in the runs (output.agents=false)")
         return False
     fig, axes, where = _panel_grid(list(per_group))
+    widest = max(per_group, key=lambda key: per_group[key][0].shape[1])
+    legend = None
     for key, (mean, runs) in per_group.items():
         ax = where[key]
         R = min(MAX_RANKS, mean.shape[1])
         layers = [mean[:, r] for r in range(R)]
-        labels = [f"silo rank {r + 1}" for r in range(R)]
         if mean.shape[1] > R:
             layers.append(np.nansum(mean[:, R:], axis=1))
-            labels.append("other silos")
-        ax.stackplot(np.arange(mean.shape[0]), *layers, labels=labels, alpha=0.85)
+        labels, colours = rank_layer_style(R, mean.shape[1] > R)
+        polys = ax.stackplot(np.arange(mean.shape[0]), *layers, labels=labels, colors=colours, alpha=0.85)
         ax.set_title(f"{_kp_label(*key)} ({runs} runs)", fontsize=8)
+        if key == widest:  # every rank any panel shows is in the legend
+            legend = (polys, labels)
     for ax in axes[-1]:
         ax.set_xlabel("step t")
     for ax in axes[:, 0]:
         ax.set_ylabel("agents")
-    handles, labels = next(iter(where.values())).get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", fontsize=7)
+    fig.legend(*legend, loc="upper right", fontsize=7)
     fig.suptitle("silo sizes, largest first (mean over runs)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.88, 1))
     save_fig(fig, path)

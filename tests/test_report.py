@@ -203,12 +203,36 @@ def test_rank_sizes():
     assert rep.rank_sizes(lab).tolist() == [[1, 1, 1, 1], [2, 2, 0, 0], [4, 0, 0, 0]]
 
 
+def test_pairwise_distances_exact_zeros_and_precision_without_blas():
+    """Identical points are exactly 0 apart, the matrix is exactly symmetric, and every distance is within
+    a few ulps of math.dist: bounds that hold on any CPU, whatever BLAS kernel it would pick."""
+    import math
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 384))
+    X[5] = X[3]  # a duplicate point
+    X[7] = X[3] + 1e-9  # a point 2e-8 away: the Gram formula rounds it to 0 or to ~1e-7
+    for data in (X, X.astype(np.float32)):  # embeddings arrive as float32
+        D = persp.pairwise_distances(data)
+        assert D.dtype == np.float64
+        assert (np.diag(D) == 0).all() and D[3, 5] == 0 and D[5, 3] == 0
+        assert (D == D.T).all()
+        ref = np.array([[math.dist(a, b) for b in data.astype(np.float64)] for a in data.astype(np.float64)])
+        np.testing.assert_allclose(D, ref, rtol=1e-14, atol=0)
+    assert persp.pairwise_distances(X[3:8])[0, 4] == pytest.approx(1e-9 * math.sqrt(384), rel=1e-6)
+    # the row blocks (bounded memory) give the same matrix as one block
+    assert (persp.pairwise_distances(X, block_elems=1000) == persp.pairwise_distances(X)).all()
+
+
 def test_classical_mds_recovers_planar_distances():
     rng = np.random.default_rng(0)
     P = rng.normal(size=(7, 2)) * [3.0, 1.0]
     D = persp.pairwise_distances(P)
     X = persp.classical_mds(D, 2)
-    assert np.allclose(persp.pairwise_distances(X), D, atol=1e-8)
+    DX = persp.pairwise_distances(X)
+    assert (np.diag(DX) == 0).all()  # exactly, on any CPU
+    # eigh's rounding (LAPACK, CPU-dependent) is ~1e-14 here; 1e-10 leaves it 10^4 of room
+    assert np.allclose(DX, D, rtol=0, atol=1e-10)
     assert np.allclose(X.mean(axis=0), 0, atol=1e-10)  # centred
     assert X[:, 0].var() >= X[:, 1].var()  # first axis carries the most variance
     assert np.allclose(persp.classical_mds(D[::-1, ::-1], 2)[::-1], X, atol=1e-8)  # deterministic signs
