@@ -14,9 +14,10 @@ from .errors import NonFiniteError, UserError
 def main(cfg: DictConfig) -> None:
     from .run import simulate
 
-    run_dir = HydraConfig.get().runtime.output_dir
+    hc = HydraConfig.get()
+    run_dir = hc.runtime.output_dir
     try:
-        summary = simulate(cfg, run_dir)
+        summary = simulate(cfg, run_dir, hydra_subdir=hc.output_subdir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
