@@ -110,5 +110,5 @@ def retrieval_scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 
 def retrieve(scores: torch.Tensor, top_r: int = 1) -> torch.Tensor:
-    """Each agent's top-r entries (SPEC §1, retrieval), ties to the lower slot. scores: [..., m] -> [..., r]"""
+    """Each agent's top-r entries (docs/SPEC.md §1, retrieval), ties to the lower slot. scores: [..., m] -> [..., r]"""
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :top_r]
