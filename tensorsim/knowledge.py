@@ -58,6 +58,9 @@ def default_kb_path() -> Path:
 def load_kb(path: str | Path | None = None) -> KnowledgeBase:
     """Load and validate a knowledge-base file; any defect is a one-line UserError naming it."""
     path = Path(path) if path else default_kb_path()
+    packaged = default_kb_path().parent / path.name
+    if not path.is_file() and path.name == str(path) and packaged.is_file():
+        path = packaged  # a bare name not found here: one of the packaged knowledge bases (cities.json)
     where = f"kb={path}"
     if not path.is_file():
         raise UserError(f"{where}: file not found (expected a JSON knowledge base)")
