@@ -16,7 +16,7 @@ endif
 # $PIP_FIND_LINKS) already hold the +cpu wheel: then no other index is consulted (machines without
 # internet access to that index, like the one bench/results/ comes from).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
-LOCAL_CPU_WHEEL := $(shell for d in $$(python3 -m pip config list 2>/dev/null | sed -n "s/.*find-links='\(.*\)'/\1/p") $$PIP_FIND_LINKS; do ls "$$d"/torch-$(TORCH_VERSION)+cpu-*.whl 2>/dev/null; done | head -n 1)
+LOCAL_CPU_WHEEL = $(shell for d in $$(python3 -m pip config list 2>/dev/null | sed -n "s/.*find-links='\(.*\)'/\1/p") $$PIP_FIND_LINKS; do ls "$$d"/torch-$(TORCH_VERSION)+cpu-*.whl 2>/dev/null; done | head -n 1)
 ifeq ($(TORCH_VARIANT),cpu)
   TORCH ?= torch==$(TORCH_VERSION)+cpu
   TORCH_INDEX ?= $(if $(LOCAL_CPU_WHEEL),,--extra-index-url $(TORCH_CPU_INDEX))
