@@ -1,9 +1,9 @@
-"""Throughput of the Gaussian-mixture proxy (SPEC §2): agent-steps per second of tensorsim.gmm
+"""Throughput of the Gaussian-mixture proxy (docs/SPEC.md §2): agent-steps per second of tensorsim.gmm
 
   * against n (one population of n = 1e3, 1e4, 1e5 agents, C = 30 components, exact neighbours), and
   * against the number of packed replicas of the paper's n = 30 population (1, 10, 100, 1000),
 
-each compared with a straightforward per-agent numpy implementation of SPEC §2 (one population of 30,
+each compared with a straightforward per-agent numpy implementation of docs/SPEC.md §2 (one population of 30,
 a Python loop over agents, numpy inside one agent). Prints a table, writes a PNG, and prints as its
 last line one JSON object with every number.
 
@@ -32,7 +32,7 @@ from tensorsim.populations import build_populations  # noqa: E402
 
 # --------------------------------------------------------------------------- per-agent numpy baseline
 class NumpyGMM:
-    """SPEC §2 agent by agent: what a direct transcription of the paper's loop looks like."""
+    """docs/SPEC.md §2 agent by agent: what a direct transcription of the paper's loop looks like."""
 
     def __init__(self, n, k, p, C=None, m=5, sigma=0.2, eps=1e-12, seed=0):
         self.n, self.k, self.p, self.C, self.m = n, k, p, C or n, m

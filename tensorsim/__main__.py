@@ -5,18 +5,34 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from .errors import NonFiniteError, UserError
+
+
+def launcher_threads(cfg: DictConfig, hc) -> int | None:
+    """threads=null under a launcher that gives each job cpus_per_task CPUs (hydra/launcher=local or
+    slurm): that many torch threads, so parallel jobs do not each start one thread per core of the machine.
+    None keeps cfg.threads (set explicitly, or no such launcher: torch's default)."""
+    if cfg.get("threads") is not None or cfg.get("resume"):
+        return None
+    launcher = hc.get("launcher") or {}
+    cpus = launcher.get("cpus_per_task") if hasattr(launcher, "get") else None
+    return int(cpus) if isinstance(cpus, int) and cpus >= 1 else None
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from .run import simulate
 
-    run_dir = HydraConfig.get().runtime.output_dir
+    hc = HydraConfig.get()
+    run_dir = hc.runtime.output_dir
+    threads = launcher_threads(cfg, hc)
+    if threads is not None:
+        with open_dict(cfg):
+            cfg.threads = threads
     try:
-        summary = simulate(cfg, run_dir)
+        summary = simulate(cfg, run_dir, hydra_subdir=hc.output_subdir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

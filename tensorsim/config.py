@@ -47,6 +47,12 @@ def validate_booleans(cfg) -> None:
 def validate_backend(cfg) -> None:
     """The triton kernel runs on CUDA only and keeps at most MAX_K neighbours: say so before anything loads."""
     uses_graph = cfg.agents.kind == "llm" or cfg.agents.get("knn") == "graph"
+    if cfg.graph.backend == "faiss" and uses_graph:
+        import importlib.util
+
+        if importlib.util.find_spec("faiss") is None:  # an optional extra: faiss-cpu or faiss-gpu-cu12
+            raise UserError("graph.backend='faiss' is not allowed: faiss is not installed (pip install "
+                            "'tensorsim[cpu]' for faiss-cpu, or 'tensorsim[gpu]' for faiss-gpu-cu12), or use torch")
     if cfg.graph.backend != "triton" or not uses_graph:
         return
     import os

@@ -1,4 +1,4 @@
-"""Gaussian-mixture proxy agents (SPEC §2, arXiv 2506.00077), as whole-population tensor operations.
+"""Gaussian-mixture proxy agents (docs/SPEC.md §2, arXiv 2506.00077), as whole-population tensor operations.
 
 State of B packed populations of n agents (C components, RAG of m points in D dimensions):
   w      [B, n, C]     float64  mixture weights, each row on the simplex
@@ -9,14 +9,14 @@ State of B packed populations of n agents (C components, RAG of m points in D di
          [B, n, C]              each agent's own isotropic variances               (update_variances: true)
 
 Component means: mu_c is the c-th point of the integer lattice {0, .., L-1}^D with L = ceil(C**(1/D)),
-enumerated with the first coordinate fastest (mu_c[d] = (c // L**d) % L). In 1-D that is SPEC's
+enumerated with the first coordinate fastest (mu_c[d] = (c // L**d) % L). In 1-D that is docs/SPEC.md's
 mu_c = c; in every dimension neighbouring components are 1 apart, so sigma keeps its meaning.
 
 Initial state (before step 0): w_i one-hot on component i mod C (C = agents.components; null means
-C = n, SPEC's default), entries clipped to [eps, 1-eps] and renormalised; the RAG holds m points drawn
+C = n, docs/SPEC.md's default), entries clipped to [eps, 1-eps] and renormalised; the RAG holds m points drawn
 from the agent's own mixture (stream GMM_INIT).
 
-One step t, synchronously from the state after step t-1, every agent i (SPEC §2):
+One step t, synchronously from the state after step t-1, every agent i (docs/SPEC.md §2):
   1. mirror_i ~ Bernoulli(p) (interact.mirror_coins); if not mirrored, partner j uniform among the k
      nearest agents by ||w_i - w_j||_2 (self excluded, ties to the lower index; interact.pick_partners);
      j = i where mirrored.
@@ -47,7 +47,7 @@ agents.knn = brute (knn_brute: all pairs, for small n and many packed population
 duplicates merged, kd leaves with box pruning, for large n) or auto (pruned when n >= pruned_min_n, else
 brute). agents.knn = graph uses graph.knn with cfg.graph.backend instead, whose float32 distances
 cannot resolve weights that differ by less than ~1e-7 (near-one-hot agents then tie and go to the lower
-index): faster on a GPU (triton), not SPEC-exact for these weights.
+index): faster on a GPU (triton), not docs/SPEC.md-exact for these weights.
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def normalise(w: torch.Tensor, eps: float) -> torch.Tensor:
     """Clip to [eps, 1-eps] and renormalise. The normaliser sums each row in ascending order, so it does
     not depend on where the entries sit: weights that are permutations of each other (e.g. every agent
     sitting exactly on the clipped one-hot of its own component) stay exact permutations, all at exactly
-    equal distances, and neighbour ties go to the lower index as SPEC says instead of to rounding noise."""
+    equal distances, and neighbour ties go to the lower index as docs/SPEC.md says instead of to rounding noise."""
     w = w.clamp(eps, 1.0 - eps)
     return w / torch.sort(w, -1).values.sum(-1, keepdim=True)
 
@@ -162,7 +162,7 @@ def em_step(w, points, means, var, eps, update_means=False, update_variances=Fal
 
 
 def interaction(wi, ragi, meansi, vari, wj, ragj, meansj, varj, uq, zq, ua, za, eps, **mstep):
-    """SPEC §2 steps 2-4 for a batch of (asker i, answerer j) pairs with the given draws.
+    """docs/SPEC.md §2 steps 2-4 for a batch of (asker i, answerer j) pairs with the given draws.
     -> (new w_i, new rag_i, new means_i, new var_i, x, y)."""
     x = sample_mixture(wi, meansi, vari, uq, zq)
     rag_copy = replace_farthest(ragj, x)

@@ -1,6 +1,6 @@
 """k-nearest-neighbour graphs on batched points, as tensor ops.
 
-Convention everywhere (SPEC §1 step 5): directed, self excluded, ordered by distance with ties to the
+Convention everywhere (docs/SPEC.md §1 step 5): directed, self excluded, ordered by distance with ties to the
 lower index. Squared Euclidean distance orders the same as Euclidean, so no sqrt is taken. All
 backends compute distances in float32 with the same arithmetic, so they agree exactly, ties included.
 """

@@ -1,4 +1,4 @@
-"""The mirror/share decision of SPEC §1 step 6 as one masked tensor update."""
+"""The mirror/share decision of docs/SPEC.md §1 step 6 as one masked tensor update."""
 from __future__ import annotations
 
 import torch

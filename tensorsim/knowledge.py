@@ -58,6 +58,9 @@ def default_kb_path() -> Path:
 def load_kb(path: str | Path | None = None) -> KnowledgeBase:
     """Load and validate a knowledge-base file; any defect is a one-line UserError naming it."""
     path = Path(path) if path else default_kb_path()
+    packaged = default_kb_path().parent / path.name
+    if not path.is_file() and path.name == str(path) and packaged.is_file():
+        path = packaged  # a bare name not found here: one of the packaged knowledge bases (cities.json)
     where = f"kb={path}"
     if not path.is_file():
         raise UserError(f"{where}: file not found (expected a JSON knowledge base)")
@@ -110,5 +113,5 @@ def retrieval_scores(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 
 def retrieve(scores: torch.Tensor, top_r: int = 1) -> torch.Tensor:
-    """Each agent's top-r entries (SPEC §1, retrieval), ties to the lower slot. scores: [..., m] -> [..., r]"""
+    """Each agent's top-r entries (docs/SPEC.md §1, retrieval), ties to the lower slot. scores: [..., m] -> [..., r]"""
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :top_r]

@@ -9,7 +9,7 @@ UNLABELED = -1
 
 
 class NameLabeler:
-    """SPEC §1: lower-case the text, find every known name, take the earliest; at the same position the
+    """docs/SPEC.md §1: lower-case the text, find every known name, take the earliest; at the same position the
     longer name wins ("calla lily" over "lily"). A name must start a word, so "prose" is not a rose
     but "roses" is."""
 

@@ -1,4 +1,4 @@
-"""LLM agents (SPEC §1): one step = retrieve -> generate -> embed -> neighbours -> interact -> label.
+"""LLM agents (docs/SPEC.md §1): one step = retrieve -> generate -> embed -> neighbours -> interact -> label.
 
 State (B populations of n agents, m knowledge-base entries each):
   entry_ref  [B, n, m] int64  index into `texts` of every entry's current answer
@@ -44,12 +44,12 @@ class LLMAgents:
                             int(g.max_retries))
         self.checker = AnswerChecker(rules, NameLabeler(kb.labels))
 
-        # retrieval keys and the query, embedded once (SPEC §1, retrieval)
+        # retrieval keys and the query, embedded once (docs/SPEC.md §1, retrieval)
         self.query = embedder.queries([cfg.prompt.query])[0]  # [d]
         self.retrieval_key = cfg.retrieval.key
         if self.retrieval_key == "entry":  # question + current answer
             keys = [f"{q}\n{a}" for qs, ans in zip(kb.questions, kb.answers) for q, a in zip(qs, ans)]
-        else:  # SPEC: the stored question
+        else:  # docs/SPEC.md: the stored question
             keys = [q for row in kb.questions for q in row]
         key_emb = rearrange(embedder.documents(keys), "(n m) d -> n m d", n=self.n)
         self.scores = retrieval_scores(self.query, key_emb).cpu().expand(self.B, -1, -1).clone()  # [B, n, m]
@@ -134,7 +134,7 @@ class LLMAgents:
                           generations=self.generations, protocol=protocol)
 
     def _update(self, src, responses):
-        """SPEC §1 step 6 as a masked tensor update: agent i's context slot := index of r_src(i).
+        """docs/SPEC.md §1 step 6 as a masked tensor update: agent i's context slot := index of r_src(i).
         src: [B, n] whose answer each agent takes (itself where mirrored)."""
         B, n = self.B, self.n
         base = len(self.texts)

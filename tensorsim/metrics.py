@@ -1,4 +1,4 @@
-"""Population metrics of SPEC §1 on label tensors. labels: [B, n] int64, -1 = unlabeled (its own group)."""
+"""Population metrics of docs/SPEC.md §1 on label tensors. labels: [B, n] int64, -1 = unlabeled (its own group)."""
 from __future__ import annotations
 
 import torch

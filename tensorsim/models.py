@@ -71,14 +71,28 @@ def cache_root(configured: str | None) -> Path:
     return Path(root).expanduser()
 
 
+def cache_key(name: str, gguf: Path) -> str:
+    """The cache folder of a dequantised GGUF file, keyed by its content, not only the model's name (a
+    changed model.gguf_file or an upgraded package once silently reused the old weights): name, file
+    name, size and the SHA-256 of its first MiB (the GGUF header: architecture, tensor names, shapes)."""
+    import hashlib
+
+    if not gguf.is_file():
+        raise UserError(f"the embedded model file {gguf} does not exist (model.gguf_file names a file of the "
+                        f"installed package)")
+    with open(gguf, "rb") as f:
+        head = hashlib.sha256(f.read(1 << 20)).hexdigest()[:16]
+    return f"{name}-{gguf.stem}-{gguf.stat().st_size}-{head}"
+
+
 def embedded_llm_dir(cfg) -> Path:
     """Dequantise the embedded GGUF once and keep a safetensors copy; later runs load that in seconds."""
-    target = cache_root(cfg.get("cache_dir")) / cfg.name
+    src = package_dir(cfg.package)
+    target = cache_root(cfg.get("cache_dir")) / cache_key(cfg.name, src / cfg.gguf_file)
     if (target / "model.safetensors").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = package_dir(cfg.package)
     print(f"[tensorsim] first use of {cfg.name}: dequantising {cfg.gguf_file} once into {target}", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=cfg.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=cfg.gguf_file, dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""Silo patterns over a final window (SPEC §1; the paper's thresholds are not public, these are ours).
+"""Silo patterns over a final window (docs/SPEC.md §1; the paper's thresholds are not public, these are ours).
 
 Run pattern, first rule that applies, over the last W steps:
   single    n_silos at the last step is 1 (consensus, E = 0)

@@ -83,6 +83,34 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     os.replace(tmp, run_dir / CHECKPOINT)  # a crash mid-save leaves the previous checkpoint intact
 
 
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+def hydra_record(run_dir: Path, subdir: str | None) -> dict[str, bytes]:
+    """The files Hydra wrote into run_dir/<subdir> when the run started (kept in every checkpoint)."""
+    if not subdir:
+        return {}
+    d = run_dir / subdir
+    return {name: (d / name).read_bytes() for name in HYDRA_FILES if (d / name).is_file()}
+
+
+def restore_hydra_record(run_dir: Path, subdir: str | None, record: dict[str, bytes]) -> None:
+    """Hydra rewrites run_dir/<subdir> with the resume command's config before a resumed run starts: move
+    those files into <subdir>/resume/ and put back the ones the run started with, so the run's .hydra/
+    describes the run, not the command that resumed it."""
+    if not subdir or not record:
+        return
+    d = run_dir / subdir
+    (d / "resume").mkdir(parents=True, exist_ok=True)
+    for name in HYDRA_FILES:
+        if (d / name).is_file():
+            os.replace(d / name, d / "resume" / name)
+    for name, data in record.items():
+        tmp = d / (name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, d / name)
+
+
 def protocol_summary(protocol: dict[str, torch.Tensor], members) -> dict:
     """Counters of the answer protocol summed over some populations, and the share of answers that named
     no label of the knowledge base (after their retries)."""
@@ -92,14 +120,19 @@ def protocol_summary(protocol: dict[str, torch.Tensor], members) -> dict:
     return out
 
 
-def simulate(cfg, run_dir: str | Path) -> dict:
+def simulate(cfg, run_dir: str | Path, hydra_subdir: str | None = ".hydra") -> dict:
     """Run the configured trial into run_dir and return the top-level summary. With resume=true, continue
-    the run in run_dir from its last checkpoint, with the config it started with."""
+    the run in run_dir from its last checkpoint, with the config it started with (and the run's own
+    Hydra files in run_dir/<hydra_subdir>: the resume command's go to <hydra_subdir>/resume/)."""
     run_dir = Path(run_dir)
     ckpt = None
     if cfg.get("resume"):
         ckpt = load_checkpoint(run_dir)
         cfg = resumed_config(ckpt["config"], cfg)
+        hydra_files = ckpt.get("hydra_files", {})
+        restore_hydra_record(run_dir, hydra_subdir, hydra_files)
+    else:
+        hydra_files = hydra_record(run_dir, hydra_subdir)
     validate(cfg)
     keep_freed_memory()  # big per-step tensors reuse pages instead of faulting in fresh ones (memory.py)
     if cfg.get("threads"):
@@ -164,7 +197,7 @@ def simulate(cfg, run_dir: str | Path) -> dict:
                 "history": history[:t + 1].clone(), "S": S[:t + 1].clone(), "E": E[:t + 1].clone(),
                 "silos": silos[:t + 1].clone(), "new_tokens": new_tokens, "generations": generations,
                 "protocol": {key: v.clone() for key, v in protocol.items()},
-                "elapsed": elapsed, "offsets": [w.tell() for w in writers]})
+                "elapsed": elapsed, "offsets": [w.tell() for w in writers], "hydra_files": hydra_files})
         post = {"silos": f"{silos[t].double().mean():.1f}", "E": f"{E[t].mean():.2f}"}
         if t > 0:
             post["S"] = f"{S[t].mean():.2f}"

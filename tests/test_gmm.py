@@ -1,6 +1,6 @@
-"""Gaussian-mixture proxy agents (SPEC §2) against a plain per-agent numpy reference.
+"""Gaussian-mixture proxy agents (docs/SPEC.md §2) against a plain per-agent numpy reference.
 
-The reference below is written from SPEC §2 alone: one agent at a time (Python loops over agents,
+The reference below is written from docs/SPEC.md §2 alone: one agent at a time (Python loops over agents,
 points and slots); the only vectorisation is a leading axis of independent populations run in lockstep
 (which changes nothing inside a population) and the per-component arithmetic of one point.
 """
@@ -117,7 +117,7 @@ def ref_neighbours(w, i, k):
 
 
 def ref_step(w, rag, src, uq, zq, ua, za, means, var, eps=EPS):
-    """SPEC §2 steps 2-4 for every agent, one at a time, from the old state. src [S, n] = j of each i."""
+    """docs/SPEC.md §2 steps 2-4 for every agent, one at a time, from the old state. src [S, n] = j of each i."""
     S, n, _ = w.shape
     rows = np.arange(S)
     w_new, rag_new = w.copy(), rag.copy()
@@ -342,7 +342,7 @@ def test_paper_silo_counts_at_p0():
     ag, pops = engine("trial.n=30", "trial.steps=80", "trial.p=0", "trial.k=[1,20,25]", "trial.replicas=50")
     silos = final_silos(ag, 80)
     cell = pops.cell.numpy()
-    assert 6.0 <= silos[cell == 0].mean() <= 8.0  # SPEC: about 7.4 at k = 1
+    assert 6.0 <= silos[cell == 0].mean() <= 8.0  # docs/SPEC.md: about 7.4 at k = 1
     assert (silos[cell >= 1] == 1).all()  # one silo for k >= 20
 
 

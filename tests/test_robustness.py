@@ -29,6 +29,7 @@ def test_kill_9_then_resume_gives_identical_outputs(tmp_path):
     while not (crashed / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "run ended before it could be killed"
+    started = {f.name: f.read_bytes() for f in (crashed / ".hydra").glob("*.yaml")}
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (crashed / "summary.json").exists()  # an incomplete run is recognisable
@@ -42,6 +43,14 @@ def test_kill_9_then_resume_gives_identical_outputs(tmp_path):
     for key in ("config", "replicas", "new_tokens", "generations"):
         assert a[key] == b[key], key
     assert not (crashed / "checkpoint.pt").exists()
+    # .hydra/ keeps the files of the command that started the run; the resume command's go to .hydra/resume/
+    assert sorted(started) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    for name, data in started.items():
+        assert (crashed / ".hydra" / name).read_bytes() == data, name
+    for name in ("config.yaml", "overrides.yaml"):  # hydra.yaml differs only by the run directory
+        assert (crashed / ".hydra" / name).read_bytes() == (whole / ".hydra" / name).read_bytes(), name
+    assert "resume=true" in (crashed / ".hydra" / "resume" / "overrides.yaml").read_text()
+    assert "resume=true" not in (crashed / ".hydra" / "overrides.yaml").read_text()
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path):

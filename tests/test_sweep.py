@@ -48,6 +48,21 @@ def test_submitit_local_sweep(tmp_path):
     assert report_rows(sweep) == [("1", "1"), ("2", "1")]
 
 
+def test_local_launcher_sets_threads_from_cpus_per_task(tmp_path):
+    """threads=null under hydra/launcher=local: each job runs cpus_per_task torch threads, not one per core
+    of the machine; an explicit threads wins; the basic launcher leaves torch's default (null)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
+    threads = {}
+    for name, extra in [("auto", ["hydra/launcher=local", "hydra.launcher.cpus_per_task=3"]),
+                        ("explicit", ["hydra/launcher=local", "threads=1"]), ("basic", [])]:
+        sweep = tmp_path / name
+        r = run_cli("-m", *extra, "hydra.launcher.gpus_per_node=0" if extra else "seed=0", *CHEAP, "trial.k=1",
+                    f"hydra.sweep.dir={sweep}", timeout=300)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        threads[name] = json.loads((sweep / "0" / "summary.json").read_text())["config"]["threads"]
+    assert threads == {"auto": 3, "explicit": 1, "basic": None}
+
+
 @pytest.mark.skipif(not HAVE_GMM, reason="the basic-launcher sweep is only cheap with GMM agents")
 def test_basic_launcher_sweep(tmp_path):
     sweep = tmp_path / "multirun"
