@@ -172,6 +172,30 @@ def load_llm(cfg, device: torch.device, dtype: torch.dtype):
     return model, tokenizer
 
 
+def missing_remote_code(path: Path) -> tuple[list[str], list[str]]:
+    """A local model whose config.json points its auto_map at another repository's code
+    ("nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicBertModel", as nomic-embed-text-v1.5 does)
+    makes transformers fetch that code from the hub, which fails offline. -> (repositories referenced,
+    code files they name that are not in the directory)."""
+    import json
+
+    config = Path(path) / "config.json"
+    try:
+        auto_map = json.loads(config.read_text()).get("auto_map", {}) if config.is_file() else {}
+    except (OSError, ValueError):
+        return [], []
+    repos, missing = [], []
+    for ref in (v for value in auto_map.values() for v in (value if isinstance(value, list) else [value]) if v):
+        if "--" not in ref:
+            continue
+        repo, target = ref.split("--", 1)
+        module = target.rsplit(".", 1)[0] + ".py"
+        repos.append(repo)
+        if not (Path(path) / module).is_file() and module not in missing:
+            missing.append(module)
+    return sorted(set(repos)), missing
+
+
 class Embedder:
     """Sentence embeddings: mean pooling over tokens, then L2 normalisation."""
 
@@ -180,6 +204,12 @@ class Embedder:
 
         path = weights_dir(cfg, "embedder") or package_dir(cfg.package) / "model"
         trust = bool(cfg.trust_remote_code)
+        repos, missing = missing_remote_code(path)
+        if repos and trust and os.environ.get("TENSORSIM_HUB_CODE") != "1":
+            copy = f"copy {', '.join(missing)} from {', '.join(repos)} into it and " if missing else ""
+            raise UserError(f"embedder.path={path}: config.json takes the model code from {', '.join(repos)} on "
+                            f"the hub, which a run does not reach; {copy}remove the '{repos[0]}--' prefixes "
+                            f"from its auto_map (README: 'The paper's model')")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
             self.model = AutoModel.from_pretrained(path, dtype=dtype, use_safetensors=True, trust_remote_code=trust)

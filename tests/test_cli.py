@@ -192,3 +192,27 @@ def test_model_and_embedder_paths_replace_the_embedded_ones(tmp_path):
     models = json.loads((tmp_path / "run" / "summary.json").read_text())["models"]
     assert models["model_path"] == str(llm) and models["model"] == "my-smollm"
     assert models["embedder_path"] == str(emb) and models["embedder"] == "model"
+
+
+def test_embedder_whose_code_lives_in_another_repository_is_named_before_loading(tmp_path):
+    """nomic-embed-text-v1.5's config points auto_map at nomic-ai/nomic-bert-2048: offline that code
+    must sit in the model directory, under un-prefixed names."""
+    model = tmp_path / "nomic"
+    model.mkdir()
+    ref = "nomic-ai/nomic-bert-2048--"
+    (model / "config.json").write_text(json.dumps({"auto_map": {
+        "AutoConfig": ref + "configuration_hf_nomic_bert.NomicBertConfig",
+        "AutoModel": ref + "modeling_hf_nomic_bert.NomicBertModel"}}))
+    args = ["trial=smoke", "embedder=nomic", f"embedder.path={model}", "embedder.trust_remote_code=true",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    r = run_cli(*args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    line = [x for x in r.stderr.splitlines() if x.startswith("error:")][0]
+    assert "configuration_hf_nomic_bert.py, modeling_hf_nomic_bert.py" in line and ref in line
+    # with the code files present, only the prefixes remain to remove
+    for name in ("configuration_hf_nomic_bert.py", "modeling_hf_nomic_bert.py"):
+        (model / name).write_text("")
+    r = run_cli(*args)
+    line = [x for x in r.stderr.splitlines() if x.startswith("error:")][0]
+    assert r.returncode == 2 and "copy" not in line and "remove the 'nomic-ai/nomic-bert-2048--' prefixes" in line
+    assert not (tmp_path / "run" / "metrics.csv").exists()
