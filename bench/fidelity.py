@@ -56,9 +56,7 @@ def run_chains(cfg, model, tok, chains: int, generations: int) -> dict:
     kb = load_kb(cfg.kb)
     names = NameLabeler(kb.labels)
     g = cfg.generation
-    gen = Generator(model, tok, SamplingConfig(
-        temperature=float(g.temperature), top_p=float(g.top_p), max_new_tokens=int(g.max_new_tokens),
-        stop_at_sentence_end=bool(g.stop_at_sentence_end)))
+    gen = Generator(model, tok, SamplingConfig.from_config(g))
     builder = PromptBuilder(tok, cfg.prompt.template, cfg.prompt.answer_prefix, bool(cfg.model.chat_template),
                             cfg.prompt.get("system"))
     checker = AnswerChecker(AnswerRules(cfg.prompt.required_phrase, label_rule(cfg.prompt.require_label),
@@ -77,7 +75,7 @@ def run_chains(cfg, model, tok, chains: int, generations: int) -> dict:
 
         tokens_before = gen.stats.new_tokens
         answers, counts = generate_answers(generate, contexts, checker)
-        labels = names(answers)  # [N]
+        labels = counts.labels  # [N]
         N = len(answers)
         rates["context"].append(float(((labels == context_label) & (labels >= 0)).float().mean()))
         rates["origin"].append(float((labels == origin).float().mean()))

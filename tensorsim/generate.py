@@ -52,6 +52,17 @@ class SamplingConfig:
     cuda_graphs: bool = True  # fast engine on CUDA: decode replays a captured CUDA graph
     memory_budget_gb: float | None = None  # caps rows so their KV cache fits this budget
 
+    @classmethod
+    def from_config(cls, g) -> "SamplingConfig":
+        """From the config's generation group (validated by config.py); absent keys keep the defaults."""
+        kinds = {"temperature": float, "top_p": float, "max_new_tokens": int, "max_rows": int, "engine": str}
+        out = {}
+        for name in cls.__dataclass_fields__:
+            if g.get(name) is not None:
+                value = g.get(name)
+                out[name] = kinds.get(name, lambda v: v)(value)
+        return cls(**out)
+
 
 SAMPLE_BLOCK = 256  # vocabulary block of the two-level inverse-CDF search
 

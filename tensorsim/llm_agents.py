@@ -32,17 +32,13 @@ class LLMAgents:
         self.embedder = embedder
         self.k_max = int(pops.k.max())
         g = cfg.generation
-        self.generator = Generator(model, tokenizer, SamplingConfig(
-            temperature=float(g.temperature), top_p=float(g.top_p), max_new_tokens=int(g.max_new_tokens),
-            stop_at_sentence_end=bool(g.stop_at_sentence_end), share_prefix=bool(g.share_prefix),
-            dedup_prompts=bool(g.dedup_prompts), early_exit=bool(g.early_exit), max_rows=int(g.max_rows),
-            memory_budget_gb=g.get("memory_budget_gb"), engine=str(g.get("engine", "auto")),
-            cuda_graphs=bool(g.get("cuda_graphs", True)), continuous=bool(g.get("continuous", True))))
+        self.generator = Generator(model, tokenizer, SamplingConfig.from_config(g))
         self.prompts = PromptBuilder(tokenizer, cfg.prompt.template, cfg.prompt.answer_prefix,
                                      bool(cfg.model.chat_template), cfg.prompt.get("system"))
         rules = AnswerRules(cfg.prompt.required_phrase, label_rule(cfg.prompt.get("require_label", False)),
                             int(g.max_retries))
-        self.checker = AnswerChecker(rules, NameLabeler(kb.labels))
+        self.names = NameLabeler(kb.labels)  # the protocol's labels, and the silos' with labeler=name
+        self.checker = AnswerChecker(rules, self.names)
 
         # retrieval keys and the query, embedded once (docs/SPEC.md §1, retrieval)
         self.query = embedder.queries([cfg.prompt.query])[0]  # [d]
@@ -74,7 +70,7 @@ class LLMAgents:
         self.slots = state["slots"].cpu().clone()
 
     def _make_labeler(self, name: str):
-        names = NameLabeler(self.kb.labels)
+        names = self.names
         if name == "name":
             return names
         # centroid labeler: reference = the KB's topic answers, labelled by their agents' labels
@@ -90,7 +86,7 @@ class LLMAgents:
     def _generate(self, contexts: list[str], t: int) -> tuple[list[str], dict[str, torch.Tensor]]:
         """ONE batched generation for all B*n agents; rows that break the answer protocol (missing
         phrase, or the label rule) are regenerated, each try with fresh random keys (protocol.py).
-        -> B*n answers, and the protocol's counters per population [B]."""
+        -> B*n answers, their labels by name [B*n], and the protocol's counters per population [B]."""
         agent = torch.arange(self.n)
         prompt_ids = self.prompts(contexts)
 
@@ -109,7 +105,7 @@ class LLMAgents:
                    "phrase_retries": counts.phrase_retries.reshape(self.B, self.n).sum(-1),
                    "label_retries": counts.label_retries.reshape(self.B, self.n).sum(-1),
                    "unlabeled_answers": counts.unlabeled.reshape(self.B, self.n).sum(-1)}
-        return responses, per_pop
+        return responses, counts.labels, per_pop
 
     @torch.inference_mode()
     def step(self, t: int) -> StepRecord:
@@ -118,13 +114,13 @@ class LLMAgents:
         self.generations = 0
         mirrored = interact.mirror_coins(pops.seeds, pops.p, t, n)  # [B, n]
         contexts = self.contexts()
-        responses, protocol = self._generate(contexts, t)  # B*n
+        responses, named, protocol = self._generate(contexts, t)  # B*n
         emb = rearrange(self.embedder.responses(responses), "(b n) d -> b n d", b=B)  # [B, n, d]
         if not torch.isfinite(emb).all():
             bad = (~torch.isfinite(emb)).flatten(1).any(-1).nonzero().flatten().tolist()
             raise errors.NonFiniteError(f"non-finite embeddings at step {t} in population(s) {bad}")
-        labels = (self.labeler(responses).reshape(B, n) if isinstance(self.labeler, NameLabeler)
-                  else self.labeler(emb))
+        # labeler=name: the protocol has already labelled every answer by name
+        labels = named.reshape(B, n) if self.labeler is self.names else self.labeler(emb)
         neighbours = graph.knn(emb, self.k_max, self.cfg.graph.backend)  # [B, n, k_max]
         partner = interact.pick_partners(pops.seeds.to(emb.device), neighbours, pops.k.to(emb.device), t)
         source = interact.context_sources(mirrored.to(partner.device), partner).cpu()  # [B, n]

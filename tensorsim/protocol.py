@@ -37,11 +37,15 @@ class AnswerRules:
 
 @dataclass
 class ProtocolCounts:
-    """Per row: regenerations by reason, and whether the final answer names no label."""
+    """Per row: regenerations by reason, and the accepted answer's label by name."""
     phrase_retries: torch.Tensor  # [N] int64, tries redone because the phrase was missing
     label_retries: torch.Tensor  # [N] int64, tries redone because the label rule failed (phrase present)
-    unlabeled: torch.Tensor  # [N] bool, the accepted answer names no label of the knowledge base
+    labels: torch.Tensor  # [N] int64, the label the accepted answer names first (-1: none)
     generations: int  # rows generated, retries included
+
+    @property
+    def unlabeled(self) -> torch.Tensor:  # [N] bool
+        return self.labels == UNLABELED
 
 
 class AnswerChecker:
@@ -79,7 +83,7 @@ def generate_answers(generate: Callable[[list[int], int], list[str]], contexts: 
     responses: list[str] = [""] * N
     phrase_retries = torch.zeros(N, dtype=torch.int64)
     label_retries = torch.zeros(N, dtype=torch.int64)
-    unlabeled = torch.zeros(N, dtype=torch.bool)
+    labels = torch.full((N,), UNLABELED, dtype=torch.int64)
     wanted = checker.context_labels(contexts) if checker.rules.require_label == "context" else [set()] * N
     todo, generations = list(range(N)), 0
     for attempt in range(1 + checker.rules.max_retries):
@@ -89,8 +93,7 @@ def generate_answers(generate: Callable[[list[int], int], list[str]], contexts: 
         still = []
         for r, answer in zip(todo, answers):
             responses[r] = answer
-            label = checker.names.label_one(answer)
-            unlabeled[r] = label == UNLABELED
+            label = labels[r] = checker.names.label_one(answer)
             if last:
                 continue
             if checker.lacks_phrase(answer):
@@ -102,4 +105,4 @@ def generate_answers(generate: Callable[[list[int], int], list[str]], contexts: 
         todo = still
         if not todo:
             break
-    return responses, ProtocolCounts(phrase_retries, label_retries, unlabeled, generations)
+    return responses, ProtocolCounts(phrase_retries, label_retries, labels, generations)
