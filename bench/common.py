@@ -52,7 +52,7 @@ def parse_cpuinfo(text: str) -> dict:
 def host(dtype: torch.dtype) -> dict:
     """The machine a figure comes from: CPU model, cores, the ISA flags that matter, whether oneDNN has
     native bf16 here (what dtype=auto follows on a CPU), the dtype the benchmark ran in, torch's version."""
-    from tensorsim.models import cpu_has_fast_bf16
+    from tensorsim.lm.models import cpu_has_fast_bf16
 
     try:
         info = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
@@ -90,11 +90,11 @@ class Timer:
 
 def build_llm_engine(cfg, model=None, tokenizer=None, embedder=None):
     """An LLMAgents engine for cfg (reusing loaded models when given) -> (engine, model, tok, embedder)."""
+    from tensorsim.agents.llm import LLMAgents
+    from tensorsim.core.memory import keep_freed_memory
+    from tensorsim.core.populations import build_populations
     from tensorsim.knowledge import load_kb
-    from tensorsim.llm_agents import LLMAgents
-    from tensorsim.memory import keep_freed_memory
-    from tensorsim.models import Embedder, load_llm, resolve_device, resolve_dtype
-    from tensorsim.populations import build_populations
+    from tensorsim.lm.models import Embedder, load_llm, resolve_device, resolve_dtype
 
     keep_freed_memory()  # as simulate() does: the engine and the sequential reference both get it
     device = resolve_device(cfg.device)

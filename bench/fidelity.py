@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import config, emit  # noqa: E402
 
 from tensorsim import rng  # noqa: E402
-from tensorsim.generate import Generator, SamplingConfig  # noqa: E402
+from tensorsim.core.labels import NameLabeler  # noqa: E402
 from tensorsim.knowledge import load_kb  # noqa: E402
-from tensorsim.labels import NameLabeler  # noqa: E402
-from tensorsim.models import load_llm, resolve_device, resolve_dtype  # noqa: E402
-from tensorsim.prompts import PromptBuilder  # noqa: E402
-from tensorsim.protocol import AnswerChecker, AnswerRules, generate_answers, label_rule  # noqa: E402
+from tensorsim.lm.generate import Generator, SamplingConfig  # noqa: E402
+from tensorsim.lm.models import load_llm, resolve_device, resolve_dtype  # noqa: E402
+from tensorsim.lm.prompts import PromptBuilder  # noqa: E402
+from tensorsim.lm.protocol import AnswerChecker, AnswerRules, generate_answers, label_rule  # noqa: E402
 
 VARIANTS = {
     "chat_system": ["prompt.require_label=off"],

@@ -1,5 +1,5 @@
 """Decode throughput of a random-weight LLaMA-2-7B-shaped model (no weights needed), for both engines
-(fast: tensorsim.llama with its static KV cache and CUDA-graph replay; hf: the transformers forward):
+(fast: tensorsim.lm.llama with its static KV cache and CUDA-graph replay; hf: the transformers forward):
 tokens/s and achieved memory bandwidth next to the device's bound, and the projected time of the
 authors' full grid (1,360 runs x 80 steps x 30 agents = 3.26M generations).
 
@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Timer, device_name, emit  # noqa: E402
 
-from tensorsim.generate import decode_one_token, prefill  # noqa: E402
+from tensorsim.lm.generate import decode_one_token, prefill  # noqa: E402
 
 # peak HBM bandwidth (bytes/s) by device name
 BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
@@ -51,10 +51,10 @@ def build_model(tiny: bool, device, dtype):
 
 def bench_batch(model, cfg, batch: int, prompt_len: int, new_tokens: int, device, engine: str, fast=None) -> dict:
     """Prefill `batch` random prompts, then time `new_tokens` greedy decode steps with one engine:
-    fast (tensorsim.llama, static KV cache; CUDA-graph replay on a GPU) or hf (transformers forward)."""
+    fast (tensorsim.lm.llama, static KV cache; CUDA-graph replay on a GPU) or hf (transformers forward)."""
     from transformers import DynamicCache
 
-    from tensorsim.llama import GraphedDecode
+    from tensorsim.lm.llama import GraphedDecode
 
     ids = torch.randint(3, cfg.vocab_size, (batch, prompt_len), device=device)
     kv_tokens = prompt_len + new_tokens / 2  # cache positions a step reads, on average
@@ -105,7 +105,7 @@ def main(argv=None):
                     help="start no measurement after this many seconds (the JSON line still comes)")
     args = ap.parse_args(argv)
     start = time.perf_counter()
-    from tensorsim.models import resolve_device, resolve_dtype
+    from tensorsim.lm.models import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
     dtype = resolve_dtype("auto", device) if device.type == "cuda" else torch.float32
@@ -113,7 +113,7 @@ def main(argv=None):
             "device": device_name()}
     try:
         model, cfg = build_model(args.tiny, device, dtype)
-        from tensorsim.llama import FastLlama
+        from tensorsim.lm.llama import FastLlama
 
         fast = FastLlama(model)
     except Exception as e:  # noqa: BLE001 - the JSON line must come whatever fails

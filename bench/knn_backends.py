@@ -1,4 +1,4 @@
-"""Time tensorsim.graph.knn backends (torch, faiss, triton) on random Gaussian points.
+"""Time tensorsim.core.graph.knn backends (torch, faiss, triton) on random Gaussian points.
 
     python bench/knn_backends.py                      # B=1, d=30, k=25, n = 1e3, 1e4, 1e5
     python bench/knn_backends.py --interpret          # also triton under TRITON_INTERPRET=1 (tiny n)
@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
         os.environ["TRITON_INTERPRET"] = "1"
     import torch
 
-    from tensorsim.graph import knn
+    from tensorsim.core.graph import knn
 
     device = torch.device(args.device)
     sizes = [int(float(s)) for s in args.sizes.split(",") if s]

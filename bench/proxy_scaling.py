@@ -1,4 +1,4 @@
-"""Throughput of the Gaussian-mixture proxy (docs/SPEC.md §2): agent-steps per second of tensorsim.gmm
+"""Throughput of the Gaussian-mixture proxy (docs/SPEC.md §2): agent-steps per second of tensorsim.agents.gmm
 
   * against n (one population of n = 1e3, 1e4, 1e5 agents, C = 30 components, exact neighbours), and
   * against the number of packed replicas of the paper's n = 30 population (1, 10, 100, 1000),
@@ -26,8 +26,9 @@ from omegaconf import OmegaConf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit  # noqa: E402
-from tensorsim.gmm import GMMAgents  # noqa: E402
-from tensorsim.populations import build_populations  # noqa: E402
+
+from tensorsim.agents.gmm import GMMAgents  # noqa: E402
+from tensorsim.core.populations import build_populations  # noqa: E402
 
 
 # --------------------------------------------------------------------------- per-agent numpy baseline
@@ -178,7 +179,7 @@ def plot(rows, base, device, out: Path) -> None:
                                 (axes[1], "replicas", "replicas", "packed replicas of n = 30")]:
         sel = [r for r in rows if r["sweep"] == sweep]
         if sel:
-            ax.loglog([r[x] for r in sel], [r["agent_steps_per_s"] for r in sel], "o-", label="tensorsim.gmm")
+            ax.loglog([r[x] for r in sel], [r["agent_steps_per_s"] for r in sel], "o-", label="tensorsim.agents.gmm")
         ax.axhline(base, color="gray", ls="--", label="per-agent numpy (n = 30)")
         ax.set_xlabel(label)
         ax.set_ylabel("agent-steps / s")

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (Timer, build_llm_engine, config, device_name, emit, linear_weights,  # noqa: E402
-                    machine_peaks, measure_steps, useful_gflop)
+from common import (Timer, build_llm_engine, config, device_name, emit, linear_weights, machine_peaks,  # noqa: E402
+                    measure_steps, useful_gflop)
 from sequential_reference import SequentialSimulation  # noqa: E402
 
 

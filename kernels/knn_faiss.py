@@ -1,6 +1,6 @@
-"""k-nearest neighbours with faiss (backend ``"faiss"`` of :func:`tensorsim.graph.knn`).
+"""k-nearest neighbours with faiss (backend ``"faiss"`` of :func:`tensorsim.core.graph.knn`).
 
-Convention (same as ``tensorsim.graph.knn_torch``): for every point of every population, the indices
+Convention (same as ``tensorsim.core.graph.knn_torch``): for every point of every population, the indices
 of the k nearest *other* points of the same population by Euclidean distance, nearest first, self
 excluded, ties broken to the lower index.
 
@@ -35,10 +35,9 @@ brute force; NaN coordinates are not supported.
 """
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import torch
-
-import faiss
 
 _U = 2.0**-24  # unit roundoff of float32
 _MAX_SEARCH_K = 1024  # widest faiss search before brute force (faiss GPU caps k at 1024 or 2048)

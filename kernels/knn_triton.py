@@ -1,6 +1,6 @@
-"""Fused Triton k-nearest-neighbour kernel (backend ``"triton"`` of :func:`tensorsim.graph.knn`).
+"""Fused Triton k-nearest-neighbour kernel (backend ``"triton"`` of :func:`tensorsim.core.graph.knn`).
 
-Convention (same as ``tensorsim.graph.knn_torch``): for every point of every population, the indices
+Convention (same as ``tensorsim.core.graph.knn_torch``): for every point of every population, the indices
 of the k nearest *other* points of the same population by Euclidean distance, nearest first, self
 excluded, ties broken to the lower index.
 

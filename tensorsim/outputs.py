@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .patterns import label_name
-from .populations import Populations
+from .core.patterns import label_name
+from .core.populations import Populations
 
 SUMMARY = "summary.json"
 TABLES = ("metrics.csv", "agents.csv", "transcript.jsonl")
@@ -60,9 +60,27 @@ def table_path(directory: Path, name: str) -> Path | None:
     return None
 
 
+def tmp_path(path: Path) -> Path:
+    """Where a file is written before it is renamed into place (hidden, so a listing never shows half a file)."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = tmp_path(path)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_csv_atomic(path: Path, header: list[str], rows) -> None:
+    tmp = tmp_path(path)
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
     os.replace(tmp, path)
 
 
@@ -200,7 +218,7 @@ class ParquetTable:
     def close(self) -> None:
         """Copy every segment's row groups, in order, into path (through a temporary file), drop the segments."""
         self.tell()
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = tmp_path(self.path)
         with self.pq.ParquetWriter(tmp, self.schema) as out:
             for seg in self._segments():
                 f = self.pq.ParquetFile(seg)

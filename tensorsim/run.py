@@ -1,7 +1,6 @@
 """One run: build the populations and agents, step them T times, measure, write every output."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -9,106 +8,16 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from . import metrics
+from .agents import kind_module
+from .analysis.plots import write_plots
+from .checkpoint import CHECKPOINT, hydra_record, load_checkpoint, restore_hydra_record, resumed_config, save_checkpoint
 from .config import validate
-from .knowledge import load_kb
-from .memory import keep_freed_memory
-from .models import resolve_device, resolve_dtype
-from .outputs import (SUMMARY, is_complete, make_cell_writers, refuse_completed, resolve_format,
-                      write_json_atomic)
-from .patterns import PatternRules, last_change_step, run_pattern, silo_patterns
-from .plots import write_plots
-from .populations import build_populations
-
-
-def build_agents(cfg, pops, device, dtype):
-    """-> (agents with .step(t), label names, n, models used)"""
-    if cfg.agents.kind == "gmm":
-        from .gmm import GMMAgents
-
-        agents = GMMAgents(cfg, pops, device)
-        return agents, agents.label_names, {"agents": "gmm"}
-    from .llm_agents import LLMAgents
-    from .models import Embedder, load_llm, weights_name
-
-    kb = load_kb(cfg.kb)
-    if cfg.trial.n > kb.n:
-        print(f"[tensorsim] trial.n={cfg.trial.n} > {kb.n} agents in the knowledge base: repeating them cyclically")
-    kb = kb.take(cfg.trial.n)
-    if cfg.retrieval.top_r > kb.m:
-        from .errors import UserError
-        raise UserError(f"retrieval.top_r={cfg.retrieval.top_r} is not allowed: at most the {kb.m} entries per agent")
-    model, tokenizer = load_llm(cfg.model, device, dtype)
-    embedder = Embedder(cfg.embedder, device)
-    agents = LLMAgents(cfg, kb, pops, model, tokenizer, embedder, device)
-    used = {"agents": "llm", "model": weights_name(cfg.model),
-            "model_path": str(cfg.model.get("path") or cfg.model.source), "embedder": weights_name(cfg.embedder),
-            "embedder_path": str(cfg.embedder.get("path") or cfg.embedder.source), "knowledge_base": kb.name,
-            "dtype": str(dtype)}
-    return agents, kb.labels, used
-
-
-CHECKPOINT = "checkpoint.pt"
-
-
-def load_checkpoint(run_dir: Path) -> dict:
-    from .errors import UserError
-
-    path = run_dir / CHECKPOINT
-    if is_complete(run_dir):
-        raise UserError(f"resume=true but {run_dir} already holds a completed run")
-    if not path.is_file():
-        raise UserError(f"resume=true but {run_dir} has no {CHECKPOINT} (checkpoints are written every "
-                        f"checkpoint.every steps; pass the run's directory as hydra.run.dir)")
-    return torch.load(path, weights_only=False, map_location="cpu")  # a CUDA run resumes anywhere
-
-
-def resumed_config(stored: dict, current):
-    """The config a resumed run continues with: the one it started with, on the device this command
-    names (device=cpu finishes a CUDA run on a CPU machine); device=auto keeps the run's own device."""
-    from .errors import UserError
-
-    cfg = OmegaConf.create(stored)
-    if current.get("device", "auto") != "auto":
-        cfg.device = current.device
-    elif str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"this run started on device={cfg.device} and CUDA is not available here; "
-                        f"resume it with device=cpu")
-    return cfg
-
-
-def save_checkpoint(run_dir: Path, state: dict) -> None:
-    tmp = run_dir / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, run_dir / CHECKPOINT)  # a crash mid-save leaves the previous checkpoint intact
-
-
-HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
-
-
-def hydra_record(run_dir: Path, subdir: str | None) -> dict[str, bytes]:
-    """The files Hydra wrote into run_dir/<subdir> when the run started (kept in every checkpoint)."""
-    if not subdir:
-        return {}
-    d = run_dir / subdir
-    return {name: (d / name).read_bytes() for name in HYDRA_FILES if (d / name).is_file()}
-
-
-def restore_hydra_record(run_dir: Path, subdir: str | None, record: dict[str, bytes]) -> None:
-    """Hydra rewrites run_dir/<subdir> with the resume command's config before a resumed run starts: move
-    those files into <subdir>/resume/ and put back the ones the run started with, so the run's .hydra/
-    describes the run, not the command that resumed it."""
-    if not subdir or not record:
-        return
-    d = run_dir / subdir
-    (d / "resume").mkdir(parents=True, exist_ok=True)
-    for name in HYDRA_FILES:
-        if (d / name).is_file():
-            os.replace(d / name, d / "resume" / name)
-    for name, data in record.items():
-        tmp = d / (name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, d / name)
+from .core import metrics
+from .core.memory import keep_freed_memory
+from .core.patterns import PatternRules, last_change_step, run_pattern, silo_patterns
+from .core.populations import build_populations
+from .lm.models import resolve_device, resolve_dtype
+from .outputs import SUMMARY, make_cell_writers, refuse_completed, resolve_format, write_json_atomic
 
 
 def protocol_summary(protocol: dict[str, torch.Tensor], members) -> dict:
@@ -142,7 +51,8 @@ def simulate(cfg, run_dir: str | Path, hydra_subdir: str | None = ".hydra") -> d
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     pops = build_populations(cfg.trial.k, cfg.trial.p, cfg.trial.replicas, cfg.seed)
-    agents, names, used = build_agents(cfg, pops.to(device), device, dtype)
+    kind = kind_module(cfg.agents.kind)
+    agents, names, used = kind.build(cfg, pops.to(device), device, dtype)
     L = len(names)
     n, T, B = cfg.trial.n, cfg.trial.steps, pops.B
     rules = PatternRules(**OmegaConf.to_container(cfg.pattern, resolve=True))
@@ -162,7 +72,7 @@ def simulate(cfg, run_dir: str | Path, hydra_subdir: str | None = ".hydra") -> d
         protocol = ckpt.get("protocol", {})
         agents.load_state_dict(ckpt["agents"])
         print(f"[tensorsim] resuming {run_dir} at step {t0} of {T}")
-    transcript = bool(cfg.output.transcript) and cfg.agents.kind == "llm"  # GMM agents write no text
+    transcript = bool(cfg.output.transcript) and kind.WRITES_TEXT
     fmt = resolve_format(cfg.output.get("format", "csv"), B * n * T if cfg.output.agents else 0)
     writers = make_cell_writers(run_dir, pops, names, transcript, bool(cfg.output.agents),
                                 ckpt["offsets"] if ckpt else None, fmt)

@@ -21,7 +21,7 @@ def small_llm():
     import torch
     from omegaconf import OmegaConf
 
-    from tensorsim.models import load_llm
+    from tensorsim.lm.models import load_llm
 
     cfg = OmegaConf.load(ROOT / "conf" / "model" / "smollm2.yaml")
     return load_llm(cfg, torch.device("cpu"), torch.float32)
@@ -32,7 +32,7 @@ def embedder():
     import torch
     from omegaconf import OmegaConf
 
-    from tensorsim.models import Embedder
+    from tensorsim.lm.models import Embedder
 
     return Embedder(OmegaConf.load(ROOT / "conf" / "embedder" / "minilm.yaml"), torch.device("cpu"))
 

@@ -1,12 +1,12 @@
-"""tensorsim.analyze on wide CSVs and transcripts written by hand."""
+"""tensorsim.analysis.analyze on wide CSVs and transcripts written by hand."""
 import csv
 import json
 import math
 
 import pytest
-
 from conftest import run_cli
-from tensorsim import analyze as an
+
+from tensorsim.analysis import analyze as an
 from tensorsim.knowledge import load_kb
 
 LABELS = load_kb().labels
@@ -170,7 +170,7 @@ def test_refuses_completed_out_unless_overwrite(tmp_path, halves, capsys):
 
 def test_cli_errors_without_traceback(tmp_path):
     write(tmp_path / "r.csv", "step,a,b\n0,x\n")
-    r = run_cli(tmp_path / "r.csv", "--out", tmp_path / "o", module="tensorsim.analyze")
+    r = run_cli(tmp_path / "r.csv", "--out", tmp_path / "o", module="tensorsim.analysis.analyze")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == f"error: {tmp_path / 'r.csv'} line 2: 2 cells, expected 3 like the header (ragged row)"
 

@@ -62,10 +62,9 @@ def test_gpu_decode_builds_its_rotary_tables_and_always_prints_its_json(capsys):
     (float32, as from_pretrained keeps them). With its time budget spent, the JSON line still comes."""
     import json
 
+    import gpu_decode
     import torch
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
-    import gpu_decode
 
     model, cfg = gpu_decode.build_model(True, torch.device("cpu"), torch.bfloat16)
     rotary = model.model.rotary_emb
@@ -134,7 +133,7 @@ def test_every_bench_json_records_the_machine(capsys):
 
     import torch
 
-    from tensorsim.models import cpu_has_fast_bf16
+    from tensorsim.lm.models import cpu_has_fast_bf16
 
     emit({"rate": 1.5}, torch.bfloat16)
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

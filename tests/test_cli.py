@@ -5,7 +5,6 @@ import math
 from collections import Counter
 
 import pytest
-
 from conftest import run_cli
 
 FILES = ["metrics.csv", "agents.csv", "transcript.jsonl", "summary.json", "stability.png", "entropy.png", "silos.png"]
@@ -178,10 +177,10 @@ def test_triton_backend_with_too_many_neighbours_is_refused_before_loading(tmp_p
 
 def test_model_and_embedder_paths_replace_the_embedded_ones(tmp_path):
     """model.path / embedder.path with the default (embedded) groups load from those directories."""
+    from conftest import ROOT
     from omegaconf import OmegaConf
 
-    from conftest import ROOT
-    from tensorsim.models import embedded_llm_dir, package_dir
+    from tensorsim.lm.models import embedded_llm_dir, package_dir
 
     llm = tmp_path / "my-smollm"  # the dequantised cache: safetensors, as a user's own directory
     llm.symlink_to(embedded_llm_dir(OmegaConf.load(ROOT / "conf" / "model" / "smollm2.yaml")))

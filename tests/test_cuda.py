@@ -3,13 +3,13 @@ simulate. bench/gpu_check.sh runs these; they use the tiny saved models, not the
 import json
 
 import pytest
+import tiny_models
 import torch
+from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
-import tiny_models
-from conftest import ROOT
-from tensorsim.llama import FastLlama, GraphedDecode
-from tensorsim.llm_agents import LLMAgents
+from tensorsim.agents.llm import LLMAgents
+from tensorsim.lm.llama import FastLlama, GraphedDecode
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -35,9 +35,9 @@ def test_graphed_slots_over_admissions_compaction_and_growth(capacity):
 
 
 def _run_steps(cfg, steps=2):
+    from tensorsim.core.populations import build_populations
     from tensorsim.knowledge import load_kb
-    from tensorsim.models import Embedder, load_llm, resolve_device, resolve_dtype
-    from tensorsim.populations import build_populations
+    from tensorsim.lm.models import Embedder, load_llm, resolve_device, resolve_dtype
 
     device = resolve_device(cfg.device)
     model, tok = load_llm(cfg.model, device, resolve_dtype(cfg.dtype, device))

@@ -1,20 +1,20 @@
 """Device handling without a GPU: the engine runs on a simulated second device (tests/simdevice.py), where
 mixing its tensors with CPU tensors fails as on CUDA and every device-to-host wait is counted."""
 import pytest
-import torch
-from hydra import compose, initialize_config_dir
-
 import tiny_models
+import torch
 from conftest import ROOT
+from hydra import compose, initialize_config_dir
 from simdevice import SIM, devices_of, sim_device
-from tensorsim.generate import Generator, SamplingConfig, common_prefix_len
+
+from tensorsim.agents.llm import LLMAgents
+from tensorsim.core.labels import CentroidLabeler
+from tensorsim.core.populations import build_populations
 from tensorsim.knowledge import load_kb
-from tensorsim.labels import CentroidLabeler
-from tensorsim.llama import KVCache
-from tensorsim.llm_agents import LLMAgents
-from tensorsim.models import Embedder, load_llm
-from tensorsim.populations import build_populations
-from tensorsim.slots import SlotCache, chunks
+from tensorsim.lm.generate import Generator, SamplingConfig, common_prefix_len
+from tensorsim.lm.llama import KVCache
+from tensorsim.lm.models import Embedder, load_llm
+from tensorsim.lm.slots import SlotCache, chunks
 
 
 def _cfg(dirs, *overrides):
@@ -178,7 +178,7 @@ def test_a_numbered_cuda_device_becomes_the_current_one(monkeypatch):
     """device=cuda:1: graphs, their streams and Triton kernels launch on the current device, so
     resolve_device makes it cuda:1; a device the machine lacks is refused."""
     from tensorsim.errors import UserError
-    from tensorsim.models import resolve_device
+    from tensorsim.lm.models import resolve_device
 
     current = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -192,7 +192,7 @@ def test_a_numbered_cuda_device_becomes_the_current_one(monkeypatch):
 
 @pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float16)])
 def test_auto_dtype_uses_bf16_only_where_the_gpu_computes_it(monkeypatch, native, expected):
-    from tensorsim.models import resolve_dtype
+    from tensorsim.lm.models import resolve_dtype
 
     asked = []
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(

@@ -3,8 +3,8 @@ import csv
 import json
 
 import pytest
-
 from conftest import run_cli
+
 from tensorsim.knowledge import load_kb
 
 

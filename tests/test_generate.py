@@ -1,9 +1,9 @@
 import torch
 
-from tensorsim import rng
-from tensorsim.generate import Generator, SamplingConfig, common_prefix_len, inverse_cdf, sample
+from tensorsim.core import rng
 from tensorsim.knowledge import load_kb
-from tensorsim.prompts import PAPER_TEMPLATE, PromptBuilder
+from tensorsim.lm.generate import Generator, SamplingConfig, common_prefix_len, inverse_cdf, sample
+from tensorsim.lm.prompts import PAPER_TEMPLATE, PromptBuilder
 
 
 def test_sample_follows_temperature_softmax():

@@ -11,12 +11,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, run_cli
 from hydra import compose, initialize_config_dir
 
-from conftest import ROOT, run_cli
-from tensorsim import gmm, gmm_neighbours, interact, rng
-from tensorsim.gmm import GMMAgents
-from tensorsim.populations import build_populations
+from tensorsim.agents import gmm, gmm_neighbours
+from tensorsim.agents.gmm import GMMAgents
+from tensorsim.core import interact, rng
+from tensorsim.core.populations import build_populations
 
 EPS = 1e-12
 
@@ -276,7 +277,7 @@ def test_pruned_knn_is_exact_on_clustered_and_tied_points():
 
 
 def test_one_engine_step_matches_reference_with_the_same_draws():
-    """Coins, partner uniforms and mixture draws come from tensorsim.rng; everything else is the reference."""
+    """Coins, partner uniforms and mixture draws come from tensorsim.core.rng; everything else is the reference."""
     for over in (["trial.n=12", "trial.k=3", "trial.p=0.3", "trial.replicas=3"],
                  ["trial.n=14", "trial.k=4", "trial.p=0.0", "trial.replicas=2", "agents.components=5"]):
         ag, pops = engine(*over)

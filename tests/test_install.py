@@ -2,11 +2,10 @@
 import importlib.util
 import subprocess
 
-
 import pytest
+from conftest import ROOT
 from omegaconf import OmegaConf
 
-from conftest import ROOT
 from tensorsim.config import validate_backend
 from tensorsim.errors import UserError
 

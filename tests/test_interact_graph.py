@@ -1,6 +1,6 @@
 import torch
 
-from tensorsim import graph, interact, rng
+from tensorsim.core import graph, interact, rng
 
 
 def brute_knn(x, k):

@@ -1,6 +1,6 @@
 """The three knn backends (torch, triton, faiss) against a brute-force reference.
 
-Convention (tensorsim.graph): k nearest OTHER points by Euclidean distance, nearest first, ties to
+Convention (tensorsim.core.graph): k nearest OTHER points by Euclidean distance, nearest first, ties to
 the lower index.
 
 The reference builds the full distance matrix from differences, accumulated feature by feature in
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tensorsim.graph import knn, knn_torch
+from tensorsim.core.graph import knn, knn_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
+from tensorsim.core.labels import NameLabeler
 from tensorsim.errors import UserError
 from tensorsim.knowledge import load_kb, retrieval_scores, retrieve
-from tensorsim.labels import NameLabeler
 
 SPEC_FLOWERS = ["Rose", "Orchid", "Tulip", "Lily", "Sunflower", "Cherry Blossom", "Lotus", "Peony", "Hydrangea",
                 "Dahlia", "Magnolia", "Bird of Paradise", "Iris", "Gardenia", "Poppy", "Hyacinth", "Wisteria",

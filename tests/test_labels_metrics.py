@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from tensorsim import metrics
-from tensorsim.labels import CentroidLabeler, NameLabeler
-from tensorsim.patterns import PatternRules, last_change_step, run_pattern, silo_patterns
+from tensorsim.core import metrics
+from tensorsim.core.labels import CentroidLabeler, NameLabeler
+from tensorsim.core.patterns import PatternRules, last_change_step, run_pattern, silo_patterns
 
 NAMES = ["Rose", "Lily", "Calla Lily", "Daisy", "Gerbera Daisy", "Iris"]
 

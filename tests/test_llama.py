@@ -1,13 +1,13 @@
-"""tensorsim.llama (the fast LLaMA forward) against the transformers forward it replaces."""
+"""tensorsim.lm.llama (the fast LLaMA forward) against the transformers forward it replaces."""
 import pytest
 import torch
 
-from tensorsim import rng
+from tensorsim.core import rng
 from tensorsim.errors import UserError
-from tensorsim.generate import Generator, SamplingConfig
 from tensorsim.knowledge import load_kb
-from tensorsim.llama import FastLlama, GraphedDecode, KVCache, Linear, unsupported_reason
-from tensorsim.prompts import PAPER_TEMPLATE, PromptBuilder
+from tensorsim.lm.generate import Generator, SamplingConfig
+from tensorsim.lm.llama import FastLlama, GraphedDecode, KVCache, Linear, unsupported_reason
+from tensorsim.lm.prompts import PAPER_TEMPLATE, PromptBuilder
 
 
 def _tiny(model_cls_name="LlamaForCausalLM", **overrides):
@@ -181,12 +181,12 @@ def _decode_twice(fast, make_decode, seqs, steps=5):
 
 
 def refill_scenario(model, fast, graphed=None, capacity=None, atol=1e-4):
-    """Continuous batching (tensorsim.slots) on the model's device: prompts prefilled into freed slots
+    """Continuous batching (tensorsim.lm.slots) on the model's device: prompts prefilled into freed slots
     of a live cache (over the longer stale keys of the rows that left, one prompt copied to two slots)
     and decoded next to a row mid-answer, then compacted, give the transformers logits at every step.
     A 30-token row decoded past 32 tokens makes the cache grow (capacity None) or its span grow
     (fixed capacity). -> the SlotCache at the end."""
-    from tensorsim.slots import SlotCache
+    from tensorsim.lm.slots import SlotCache
 
     g = torch.Generator().manual_seed(1)
     prefix = [5, 6, 7]

@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from tensorsim.memory import keep_freed_memory
+from tensorsim.core.memory import keep_freed_memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")

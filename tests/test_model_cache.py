@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tensorsim.errors import UserError
-from tensorsim.models import cache_key, cache_root, embedded_llm_dir
+from tensorsim.lm.models import cache_key, cache_root, embedded_llm_dir
 
 
 def _gguf(path, data: bytes):
@@ -41,7 +41,7 @@ def test_changed_gguf_file_does_not_reuse_the_old_cache(tmp_path, monkeypatch):
     (ready / "model.safetensors").write_bytes(b"")
     assert embedded_llm_dir(cfg) == ready  # a cached copy of this very file is used
     cfg.gguf_file = "b.gguf"
-    import tensorsim.models as models
+    import tensorsim.lm.models as models
 
     def no_dequantise(*a, **k):
         raise RuntimeError("would dequantise")

@@ -1,11 +1,11 @@
 """A population's trajectory does not depend on which other populations share its batch."""
 import torch
+from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
-from conftest import ROOT
+from tensorsim.agents.llm import LLMAgents
+from tensorsim.core.populations import build_populations
 from tensorsim.knowledge import load_kb
-from tensorsim.llm_agents import LLMAgents
-from tensorsim.populations import build_populations
 
 
 def _cfg(*overrides):

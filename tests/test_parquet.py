@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import ROOT, run_cli
+
 from tensorsim import outputs
-from tensorsim import report as rep
+from tensorsim.analysis import report as rep
+from tensorsim.core.populations import build_populations
 from tensorsim.errors import UserError
-from tensorsim.populations import build_populations
 
 GMM = ["trial=smoke", "agents=gmm", "trial.steps=5", "trial.window=3", "checkpoint.every=2", "seed=4"]
 
@@ -134,7 +134,7 @@ CRASHER = (
     "import os, signal, sys, runpy\n"
     "import tensorsim.outputs as o\n"
     "o.ROW_GROUP_ROWS = 7  # several row groups per segment: the killed one is torn mid-segment\n"
-    "import tensorsim.gmm as g\n"
+    "import tensorsim.agents.gmm as g\n"
     "crash, orig = int(os.environ.get('CRASH_AT', -1)), g.GMMAgents.step\n"
     "def step(self, t):\n"
     "    if t == crash:\n"
@@ -169,7 +169,7 @@ def test_kill_9_then_resume_parquet_run_is_byte_identical(tmp_path):
 
 
 def test_analyze_reads_a_transcript_parquet(tmp_path):
-    from tensorsim import analyze as an
+    from tensorsim.analysis import analyze as an
 
     recs = [{"replica": 0, "t": t, "agent": a, "context": None, "response": f"The prettiest flower is the {w}."}
             for t, row in enumerate([["rose", "tulip", "lily"], ["rose", "rose", "lily"], ["rose"] * 3])
@@ -200,7 +200,7 @@ def to_parquet(d):
 def test_report_embed_reads_parquet_transcript_and_agents(tmp_path, monkeypatch):
     from test_report import RUN_A0, FakeEmbedder, write_cell
 
-    from tensorsim import perspective as persp
+    from tensorsim.analysis import perspective as persp
 
     answers = [["a rose", "a tulip", "a lily"], ["a rose", "a rose", "a lily"], ["a rose"] * 3, ["a rose"] * 3]
     runs = {}

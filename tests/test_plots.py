@@ -2,8 +2,7 @@
 import numpy as np
 from matplotlib.colors import to_rgba
 
-from tensorsim import plots
-from tensorsim import report as rep
+from tensorsim.analysis import plots, report as rep
 
 
 def is_grey(c):

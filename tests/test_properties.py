@@ -2,10 +2,9 @@
 import math
 
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from tensorsim import interact, metrics, rng
+from tensorsim.core import interact, metrics, rng
 
 labels_st = st.integers(2, 40).flatmap(lambda n: st.tuples(
     st.lists(st.integers(-1, 9), min_size=n, max_size=n), st.lists(st.integers(-1, 9), min_size=n, max_size=n)))
@@ -39,7 +38,7 @@ def test_update_takes_an_answer_of_this_step_and_mirrors_keep_their_own(n, B, p,
     k = torch.randint(1, n, (B,), generator=torch.Generator().manual_seed(seed))
     seeds = rng.mix(seed, torch.arange(B))
     emb = torch.randn(B, n, 3, generator=torch.Generator().manual_seed(seed))
-    from tensorsim.graph import knn_torch
+    from tensorsim.core.graph import knn_torch
     nb = knn_torch(emb, int(k.max()))
     mirrored = interact.mirror_coins(seeds, torch.full((B,), p), t, n)
     partner = interact.pick_partners(seeds, nb, k, t)

@@ -3,10 +3,10 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_cli
-from tensorsim.labels import NameLabeler
-from tensorsim.protocol import AnswerChecker, AnswerRules, generate_answers, label_rule
+
+from tensorsim.core.labels import NameLabeler
+from tensorsim.lm.protocol import AnswerChecker, AnswerRules, generate_answers, label_rule
 
 NAMES = NameLabeler(["Rose", "Tulip", "Lily", "Calla Lily"])
 PHRASE = "The prettiest flower"

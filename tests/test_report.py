@@ -1,4 +1,4 @@
-"""tensorsim.report on run directories written by hand: a single run, a packed grid, a multirun."""
+"""tensorsim.analysis.report on run directories written by hand: a single run, a packed grid, a multirun."""
 import csv
 import json
 import math
@@ -6,10 +6,9 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
-from tensorsim import perspective as persp
-from tensorsim import report as rep
+
+from tensorsim.analysis import perspective as persp, report as rep
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -193,7 +192,7 @@ def test_errors_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_cli_exit_code_no_traceback(tmp_path):
-    r = run_cli(tmp_path / "missing", module="tensorsim.report")
+    r = run_cli(tmp_path / "missing", module="tensorsim.analysis.report")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr and "no such directory" in r.stderr
 

@@ -8,12 +8,12 @@ import time
 
 import pytest
 import torch
-
 from conftest import ROOT, run_cli
-from tensorsim import rng
-from tensorsim.generate import Generator, NonFiniteError, SamplingConfig
+
+from tensorsim.core import rng
 from tensorsim.knowledge import load_kb
-from tensorsim.prompts import PAPER_TEMPLATE, PromptBuilder
+from tensorsim.lm.generate import Generator, NonFiniteError, SamplingConfig
+from tensorsim.lm.prompts import PAPER_TEMPLATE, PromptBuilder
 
 OUTPUTS = ["metrics.csv", "agents.csv", "transcript.jsonl", "stability.png", "entropy.png", "silos.png"]
 RUN = ["trial=smoke", "trial.steps=5", "trial.window=3", "checkpoint.every=2"]
@@ -86,7 +86,7 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_answers(small_llm, monke
 def test_out_of_memory_in_continuous_batching_keeps_finished_answers(small_llm, monkeypatch):
     """The fast engine: an out-of-memory error while refilling a slot halves the slots; answers that had
     ended are kept, the rest start over, and every answer is the one an undisturbed run gives."""
-    from tensorsim.slots import SlotCache
+    from tensorsim.lm.slots import SlotCache
 
     model, tok = small_llm
     prompts = _prompts(tok, 6)
@@ -158,7 +158,7 @@ def test_non_finite_stops_the_run_keeping_the_checkpoint(tmp_path):
     """Through the CLI: NaN embeddings at step 2 stop the run with exit 3, naming step and population."""
     code = (
         "import sys, torch\n"
-        "import tensorsim.llm_agents as la\n"
+        "import tensorsim.agents.llm as la\n"
         "orig = la.LLMAgents.step\n"
         "def step(self, t):\n"
         "    if t == 2:\n"

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from .labels import UNLABELED, NameLabeler
+from ..core.labels import UNLABELED, NameLabeler
 
 LABEL_RULES = ("off", "any", "context")
 

@@ -53,8 +53,3 @@ def uniform64(*keys) -> torch.Tensor:
 def normal(*keys) -> torch.Tensor:
     """Standard normal float64 by the inverse CDF of a 52-bit uniform."""
     return torch.special.ndtri(uniform64(*keys))
-
-
-def seeds_for(base_seed: int, count: int) -> torch.Tensor:
-    """Per-population seeds [count] derived from a run seed: population b gets mix(base_seed, b)."""
-    return mix(base_seed, torch.arange(count, dtype=torch.int64))

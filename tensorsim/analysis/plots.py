@@ -1,6 +1,7 @@
 """The three figures of a run: S(t), E(t), and who is in which silo over time."""
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -8,10 +9,19 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-import numpy as np  # noqa: E402
 
+from ..outputs import tmp_path  # noqa: E402
+
+
+def save_fig(fig, path: Path) -> None:
+    """Write the figure to a temporary file, then rename: a reader never sees half a PNG."""
+    tmp = tmp_path(path)
+    fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    os.replace(tmp, path)
 
 def _series(path: Path, series: dict[int, list[float]], ylabel: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))

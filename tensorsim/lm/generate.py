@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import rng
-from .errors import UserError
+from ..core import rng
+from ..errors import UserError
 from .llama import FastLlama, GraphedDecode, unsupported_reason
 from .slots import SlotCache
 

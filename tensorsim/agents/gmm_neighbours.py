@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from . import rng
+from ..core import rng
+
 
 def sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact squared distances accumulated in feature order (bitwise independent of tensor shapes).

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .outputs import parquet_batches, table_path
-from .plots import silo_colours
-from .report import _kp_label, plt, read_agent_labels, save_fig
+from ..errors import UserError
+from ..outputs import parquet_batches, table_path
+from .figures import kp_label
+from .plots import plt, save_fig, silo_colours
+from .runs import read_agent_labels
 
 
 def classical_mds(D: np.ndarray, dims: int = 2) -> np.ndarray:
@@ -147,7 +148,7 @@ def read_transcript_steps(path: Path, replica: int, steps: set[int]) -> dict[int
 def make_embedder(embedder_cfg: dict, device: str = "auto"):
     from omegaconf import OmegaConf
 
-    from .models import Embedder, resolve_device
+    from ..lm.models import Embedder, resolve_device
 
     return Embedder(OmegaConf.create(embedder_cfg), resolve_device(device))
 
@@ -170,7 +171,7 @@ def perspective_for_groups(groups: dict, spec: str, device: str, max_agents: int
     for key, cells in groups.items():
         cell = next((c for c in cells if table_path(c.dir, "transcript") and c.replicas), None)
         if cell is None:
-            notes.append(f"perspective: {_kp_label(*key)} has no transcript (GMM agents or "
+            notes.append(f"perspective: {kp_label(*key)} has no transcript (GMM agents or "
                          f"output.transcript=false): skipped")
             continue
         r = cell.replicas[0]["replica"]
@@ -188,7 +189,7 @@ def perspective_for_groups(groups: dict, spec: str, device: str, max_agents: int
         agents = list(range(n))
         if n > max_agents:
             agents = sorted(np.random.default_rng(0).choice(n, max_agents, replace=False).tolist())
-            notes.append(f"perspective: {_kp_label(*key)}: {max_agents} of {n} agents shown (--mds-max-agents)")
+            notes.append(f"perspective: {kp_label(*key)}: {max_agents} of {n} agents shown (--mds-max-agents)")
         cfg = (cell.summary.get("config") or {}).get("embedder") or default_embedder_cfg()
         ck = json.dumps(cfg, sort_keys=True)
         if ck not in embedders:
@@ -202,7 +203,7 @@ def perspective_for_groups(groups: dict, spec: str, device: str, max_agents: int
         else:
             labels = {t: np.full(len(agents), -1) for t in steps}
             names = []
-        rows.append((f"{_kp_label(*key)} run {r}", emb, labels, names))
+        rows.append((f"{kp_label(*key)} run {r}", emb, labels, names))
     return rows
 
 

@@ -55,15 +55,35 @@ import math
 
 import torch
 
-from . import graph, interact, rng
-from .errors import UserError
+from ..core import graph, interact, rng
+from ..core.populations import Populations
+from ..core.step import StepRecord
+from ..errors import UserError, need
 from .gmm_neighbours import knn_brute, knn_pruned
-from .populations import Populations
-from .step import StepRecord
+
+WRITES_TEXT = False
+
+
+def uses_graph(cfg) -> bool:
+    return cfg.agents.get("knn") == "graph"
+
+
+def validate(cfg) -> None:
+    """GMM agents read no knowledge base and load no model: a path given for one would be silently ignored."""
+    for key, value in (("kb", cfg.get("kb")), ("model.path", cfg.model.get("path")),
+                       ("embedder.path", cfg.embedder.get("path"))):
+        need(not value, key, value, f"agents={cfg.agents.kind} uses no knowledge base, LLM or embedder "
+                                    f"(drop it, or set agents=llm)")
+
+
+def build(cfg, pops: Populations, device, dtype):
+    """-> (GMMAgents, component names "0".."C-1", what the run used)"""
+    agents = GMMAgents(cfg, pops, device)
+    return agents, agents.label_names, {"agents": "gmm"}
+
 
 # ----------------------------------------------------------------------------------------------------
 # pure pieces (also what tests call with injected draws)
-
 
 def component_means(C: int, D: int, dtype=torch.float64, device=None) -> torch.Tensor:
     """Lattice means [C, D]: mu_c[d] = (c // L**d) % L with L = ceil(C ** (1/D)); 1-D: mu_c = c."""

@@ -12,17 +12,86 @@ the contexts, and checkpoints load anywhere. The models, embeddings and neighbou
 """
 from __future__ import annotations
 
+import string
+
 import torch
 from einops import rearrange
 
-from . import errors, graph, interact, rng
-from .generate import Generator, NonFiniteError, SamplingConfig
-from .knowledge import KnowledgeBase, retrieval_scores, retrieve
-from .labels import CentroidLabeler, NameLabeler
-from .populations import Populations
-from .prompts import PromptBuilder
-from .protocol import AnswerChecker, AnswerRules, generate_answers, label_rule
-from .step import StepRecord
+from .. import errors
+from ..core import graph, interact, rng
+from ..core.labels import CentroidLabeler, NameLabeler
+from ..core.populations import Populations
+from ..core.step import StepRecord
+from ..errors import UserError, is_int, is_num, need
+from ..knowledge import KnowledgeBase, load_kb, retrieval_scores, retrieve
+from ..lm.generate import Generator, NonFiniteError, SamplingConfig
+from ..lm.models import Embedder, check_weights, load_llm, weights_name
+from ..lm.prompts import PromptBuilder
+from ..lm.protocol import LABEL_RULES, AnswerChecker, AnswerRules, generate_answers, label_rule
+
+WRITES_TEXT = True
+RETRIEVAL_KEYS = ("question", "entry")
+ENGINES = ("auto", "fast", "hf")
+
+
+def uses_graph(cfg) -> bool:
+    return True
+
+
+def validate(cfg) -> None:
+    check_weights(cfg.model, "model")
+    check_weights(cfg.embedder, "embedder")
+    tpl = cfg.prompt.template
+    need(isinstance(tpl, str), "prompt.template", tpl, "a string holding {context}")
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(tpl) if f is not None}
+    except ValueError as e:
+        raise UserError(f"prompt.template is not a valid format string ({e}); write literal braces as {{{{ }}}}") from None
+    need("context" in fields, "prompt.template", tpl, "a template holding the field {context}")
+    need(fields <= {"context"}, "prompt.template", tpl, "only the field {context} (write other braces as {{ }})")
+    need(isinstance(cfg.prompt.query, str) and cfg.prompt.query.strip(), "prompt.query", cfg.prompt.query,
+         "a non-empty string")
+    rule = cfg.prompt.get("require_label", False)
+    need(isinstance(rule, bool) or rule in LABEL_RULES, "prompt.require_label", rule,
+         f"one of {', '.join(LABEL_RULES)} (true = any, false = off)")
+    system = cfg.prompt.get("system")
+    need(system is None or isinstance(system, str), "prompt.system", system,
+         'null (the chat template\'s default), "" (no system turn) or a text')
+    g = cfg.generation
+    need(is_num(g.temperature) and g.temperature >= 0, "generation.temperature", g.temperature,
+         "a number >= 0 (0 = greedy)")
+    need(is_num(g.top_p) and 0 < g.top_p <= 1, "generation.top_p", g.top_p, "a number in (0, 1]")
+    need(is_int(g.max_new_tokens) and g.max_new_tokens >= 1, "generation.max_new_tokens", g.max_new_tokens,
+         "an integer >= 1")
+    need(is_int(g.max_retries) and g.max_retries >= 0, "generation.max_retries", g.max_retries, "an integer >= 0")
+    need(is_int(g.max_rows) and g.max_rows >= 1, "generation.max_rows", g.max_rows, "an integer >= 1")
+    for switch in ("stop_at_sentence_end", "share_prefix", "dedup_prompts", "early_exit", "continuous", "cuda_graphs"):
+        need(isinstance(g.get(switch, True), bool), f"generation.{switch}", g.get(switch), "true or false")
+    need(g.get("engine", "auto") in ENGINES, "generation.engine", g.get("engine"), f"one of {', '.join(ENGINES)}")
+    budget = g.get("memory_budget_gb")
+    need(budget is None or (is_num(budget) and budget > 0), "generation.memory_budget_gb", budget,
+         "null or a number of GiB > 0")
+    r = cfg.retrieval
+    need(is_int(r.top_r) and r.top_r >= 1, "retrieval.top_r", r.top_r, "an integer >= 1")
+    need(r.key in RETRIEVAL_KEYS, "retrieval.key", r.key, f"one of {', '.join(RETRIEVAL_KEYS)}")
+
+
+def build(cfg, pops: Populations, device, dtype):
+    """-> (LLMAgents, the knowledge base's labels, what the run used)"""
+    kb = load_kb(cfg.kb)
+    if cfg.trial.n > kb.n:
+        print(f"[tensorsim] trial.n={cfg.trial.n} > {kb.n} agents in the knowledge base: repeating them cyclically")
+    kb = kb.take(cfg.trial.n)
+    if cfg.retrieval.top_r > kb.m:
+        raise UserError(f"retrieval.top_r={cfg.retrieval.top_r} is not allowed: at most the {kb.m} entries per agent")
+    model, tokenizer = load_llm(cfg.model, device, dtype)
+    embedder = Embedder(cfg.embedder, device)
+    agents = LLMAgents(cfg, kb, pops, model, tokenizer, embedder, device)
+    used = {"agents": "llm", "model": weights_name(cfg.model),
+            "model_path": str(cfg.model.get("path") or cfg.model.source), "embedder": weights_name(cfg.embedder),
+            "embedder_path": str(cfg.embedder.get("path") or cfg.embedder.source), "knowledge_base": kb.name,
+            "dtype": str(dtype)}
+    return agents, kb.labels, used
 
 
 class LLMAgents:

@@ -1,0 +1,139 @@
+"""`python -m tensorsim.report DIR`: the phase diagram over (k, p) and its figures, from runs on disk.
+
+DIR may be a single run, a packed grid (cells/k{K}_p{P}/ under one run), a hydra multirun directory
+(numbered job directories that are runs or grids), or any directory holding those; a directory without
+summary.json is incomplete (still running or crashed) and is skipped with a note. Replicas of the same
+(k, p), from one or many directories, are pooled. Written into DIR (or --out):
+
+  phase.csv, phase.md    per (k, p): runs, final silos (mean, sample sd), share of runs per pattern,
+                         median step of the last label change, mean S(t) over the last --window steps
+  phase_silos.png        heatmap over (k, p) of the mean number of final silos
+  phase_convergence.png  heatmap over (k, p) of the median step of the last label change
+  curves_stability.png   S(t) per cell: mean over runs with a band (--band sd | iqr)
+  curves_entropy.png     E(t) likewise
+  silo_sizes.png         per cell: mean size over runs of the largest, 2nd largest, ... silo at each step
+                         (stacked areas; needs agents.csv or agents.parquet)
+  perspective.png        with --embed: the perspective space of Helm et al., classical MDS of the answer
+                         embeddings at the --mds-steps, one shared frame per cell (first run with a
+                         transcript), agents coloured by label; needs transcript.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from ..core.patterns import PATTERNS
+from ..errors import UserError
+from ..outputs import write_csv_atomic, write_text_atomic
+from .figures import curves, heatmap, kp_label, silo_sizes
+from .runs import PHASE_COLUMNS, cell_stats, find_cells, group_cells
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+# ------------------------------------------------------------------------------------------- report
+
+def phase_markdown(stats: dict, window: int, sources: str, notes: list[str]) -> str:
+    lines = ["# Phase diagram over (k, p)", "", f"Runs from {sources}. Final silos: mean ± sample sd over runs. "
+             f"Patterns: share of runs. Last change: median step of the last label change. "
+             f"S̄: mean stability over the last {window} steps.", "",
+             "| k | p | runs | final silos | single | stable | unstable | decaying | last change | S̄ | final E |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (k, p), st in stats.items():
+        sd = "" if math.isnan(st["final_silos_sd"]) else f" ± {st['final_silos_sd']:.2f}"
+        lines.append(
+            f"| {'' if k is None else k} | {'' if p is None else f'{p:g}'} | {st['runs']} | "
+            f"{st['final_silos_mean']:.2f}{sd} | " + " | ".join(f"{st[f'share_{x}']:.2f}" for x in PATTERNS)
+            + f" | {st['median_last_change_step']:g} | {st['mean_stability_window']:.3f} | "
+              f"{st['mean_final_entropy']:.3f} |")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def report(root: Path, out: Path, window: int = 20, band: str = "sd", embed: bool = False,
+           mds_steps: str = "first,middle,last", device: str = "auto", max_agents: int = 500) -> dict:
+    """Write the report of every complete run under root into out; returns the per-(k, p) statistics."""
+    if not root.is_dir():
+        raise UserError(f"{root}: no such directory")
+    if window < 1:
+        raise UserError(f"--window={window} is not allowed: an integer >= 1")
+    notes: list[str] = []
+    cells = find_cells(root, notes)
+    for n in notes:
+        print(f"[report] {n}", file=sys.stderr)
+    if not cells:
+        raise UserError(f"{root}: no complete run found (a complete run directory holds summary.json)")
+    out.mkdir(parents=True, exist_ok=True)
+    groups = group_cells(cells)
+    for key, cs in groups.items():
+        kinds = {(c.summary.get("n"), c.summary.get("steps"), (c.summary.get("models") or {}).get("agents"))
+                 for c in cs}
+        if len(kinds) > 1:
+            notes.append(f"{kp_label(*key)} pools runs with different (n, steps, agents): {sorted(map(str, kinds))}")
+        seeds = [rec.get("seed") for c in cs for rec in c.replicas if rec.get("seed") is not None]
+        if len(seeds) != len(set(seeds)):
+            notes.append(f"{kp_label(*key)}: {len(seeds) - len(set(seeds))} run(s) repeat the seed of another run "
+                         f"(the same run seed swept twice?); each is counted")
+    T_max = max(len(s) for c in cells for s in c.S.values())
+    if window > T_max - 1:
+        notes.append(f"--window={window} is longer than the runs: S̄ averages every step t >= 1")
+    if embed:  # check the steps before any figure is drawn
+        from .perspective import parse_steps, perspective_figure, perspective_for_groups
+
+        parse_steps(mds_steps, min(len(s) for c in cells for s in c.S.values()))
+    stats = {key: cell_stats(cs, window) for key, cs in groups.items()}
+    write_csv_atomic(out / "phase.csv", PHASE_COLUMNS,
+                     [[_fmt(k), _fmt(p)] + [_fmt(st[c]) for c in PHASE_COLUMNS[2:]] for (k, p), st in stats.items()])
+    heatmap(out / "phase_silos.png", stats, "final_silos_mean", "mean number of final silos", "silos")
+    heatmap(out / "phase_convergence.png", stats, "median_last_change_step",
+            "median step of the last label change", "step")
+    curves(out / "curves_stability.png", groups, "S", band, "S(t)", "stability")
+    curves(out / "curves_entropy.png", groups, "E", band, "E(t) [nats]", "entropy")
+    silo_sizes(out / "silo_sizes.png", groups, notes)
+    if embed:
+        rows = perspective_for_groups(groups, mds_steps, device, max_agents, notes)
+        if rows:
+            perspective_figure(out / "perspective.png", rows)
+        else:
+            notes.append("perspective.png not written: no run with a transcript")
+    else:
+        notes.append("perspective.png not written: pass --embed to embed the transcripts")
+    write_text_atomic(out / "phase.md", phase_markdown(stats, window, str(root), notes))
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tensorsim.report",
+                                 description="Phase diagram and figures over (k, p) from a run, a packed grid "
+                                             "or a multirun directory.")
+    ap.add_argument("dir", type=Path, help="run, packed-grid run or multirun directory")
+    ap.add_argument("--out", type=Path, default=None, help="where to write (default: DIR)")
+    ap.add_argument("--window", type=int, default=20, help="steps at the end over which S is averaged (default 20)")
+    ap.add_argument("--band", choices=("sd", "iqr"), default="sd", help="band around the mean curves")
+    ap.add_argument("--embed", action="store_true",
+                    help="embed transcripts with the run's embedder for the perspective space (MDS) figure")
+    ap.add_argument("--mds-steps", default="first,middle,last",
+                    help="comma-separated steps for the MDS figure: integers (negative from the end), first, "
+                         "middle, last")
+    ap.add_argument("--mds-max-agents", type=int, default=500, help="agents shown per MDS panel at most")
+    ap.add_argument("--device", default="auto", help="device for the embedder (auto, cpu, cuda, cuda:N)")
+    args = ap.parse_args(argv)
+    try:
+        out = args.out or args.dir
+        stats = report(args.dir, out, args.window, args.band, args.embed, args.mds_steps, args.device,
+                       args.mds_max_agents)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"[report] {sum(s['runs'] for s in stats.values())} runs in {len(stats)} (k, p) cells -> {out}")
+    return 0
+
