@@ -170,7 +170,7 @@ def test_refuses_completed_out_unless_overwrite(tmp_path, halves, capsys):
 
 def test_cli_errors_without_traceback(tmp_path):
     write(tmp_path / "r.csv", "step,a,b\n0,x\n")
-    r = run_cli(tmp_path / "r.csv", "--out", tmp_path / "o", module="tensorsim.analysis.analyze")
+    r = run_cli(tmp_path / "r.csv", "--out", tmp_path / "o", module="tensorsim.analyze")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == f"error: {tmp_path / 'r.csv'} line 2: 2 cells, expected 3 like the header (ragged row)"
 

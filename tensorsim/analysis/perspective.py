@@ -157,8 +157,8 @@ def default_embedder_cfg() -> dict:
     """conf/embedder/minilm.yaml (the embedded default)."""
     from omegaconf import OmegaConf
 
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "conf" / "embedder" / "minilm.yaml", here / "conf" / "embedder" / "minilm.yaml"):
+    package = Path(__file__).resolve().parents[1]  # tensorsim/, this file being tensorsim/analysis/perspective.py
+    for candidate in (package.parent / "conf" / "embedder" / "minilm.yaml", package / "conf" / "embedder" / "minilm.yaml"):
         if candidate.is_file():
             return OmegaConf.to_container(OmegaConf.load(candidate), resolve=True)
     raise UserError("conf/embedder/minilm.yaml not found next to the tensorsim package; pass --embedder FILE.yaml")
