@@ -9,6 +9,7 @@ import torch
 from conftest import run_cli
 
 from tensorsim.analysis import perspective as persp, report as rep
+from tensorsim.analysis.runs import rank_sizes
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -192,14 +193,14 @@ def test_errors_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_cli_exit_code_no_traceback(tmp_path):
-    r = run_cli(tmp_path / "missing", module="tensorsim.analysis.report")
+    r = run_cli(tmp_path / "missing", module="tensorsim.report")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr and "no such directory" in r.stderr
 
 
 def test_rank_sizes():
     lab = np.array([[0, 1, 2, -1], [0, 0, 2, 2], [1, 1, 1, 1]])
-    assert rep.rank_sizes(lab).tolist() == [[1, 1, 1, 1], [2, 2, 0, 0], [4, 0, 0, 0]]
+    assert rank_sizes(lab).tolist() == [[1, 1, 1, 1], [2, 2, 0, 0], [4, 0, 0, 0]]
 
 
 def test_pairwise_distances_exact_zeros_and_precision_without_blas():

@@ -30,7 +30,7 @@ def check_jobs(sweep, ks):
 
 
 def report_rows(sweep):
-    r = run_cli(sweep, module="tensorsim.analysis.report", timeout=120)
+    r = run_cli(sweep, module="tensorsim.report", timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     with open(sweep / "phase.csv", newline="") as f:
         return [(row["k"], row["runs"]) for row in csv.DictReader(f)]
