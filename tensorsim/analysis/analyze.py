@@ -40,7 +40,7 @@ from ..core.patterns import PatternRules, label_name, last_change_step, run_patt
 from ..errors import UserError
 from ..outputs import SUMMARY, cell_dirname, is_complete, write_json_atomic
 from .imported import ImportedRun, compile_pattern, expand_inputs, group_runs, parse_sets
-from .transcripts import parse_cell, read_inputs  # noqa: F401 - parse_cell stays importable from here
+from .transcripts import read_inputs
 
 def read_names(path: Path | None) -> tuple[list[str], str]:
     if path is None:
