@@ -193,3 +193,22 @@ def test_a_grid_from_many_files_as_a_packed_simulation_writes_it(tmp_path, capsy
              "--set", "replica=2", "--out", str(one)])
     grid_rows = [r for r in read_csv(out / "cells" / "k1_p0.2" / "metrics.csv") if r["replica"] == "2"]
     assert [list(r.values())[:5] for r in grid_rows] == [list(r.values()) for r in read_csv(one / "metrics.csv")]
+
+
+def test_a_grid_with_embeddings_loads_the_embedder_once_and_writes_distances_per_cell(tmp_path, monkeypatch):
+    from tensorsim.analysis import perspective
+
+    loads = []
+    real = perspective.make_embedder
+    monkeypatch.setattr(perspective, "make_embedder", lambda *a: loads.append(a) or real(*a))
+    for k in (1, 5):
+        for r in (1, 2):
+            write_run(tmp_path / "in", 0.5, k, r, converging(3, 4, at=2))
+    out = tmp_path / "grid"
+    assert an.main([str(tmp_path / "in"), "--pattern", AUTHORS, "--out", str(out), "--embed", "--device", "cpu"]) == 0
+    for cell in ("k1_p0.5", "k5_p0.5"):
+        d = read_csv(out / "cells" / cell / "distance.csv")
+        assert [(r["replica"], r["t"]) for r in d] == [(str(r), str(t)) for r in (1, 2) for t in range(4)]
+        assert float(d[0]["mean_distance"]) > 0 and float(d[3]["mean_distance"]) == 0  # one flower left at t = 3
+        assert (out / "cells" / cell / "perspective.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(loads) == 1  # one embedder for the four runs
