@@ -212,3 +212,12 @@ def test_a_grid_with_embeddings_loads_the_embedder_once_and_writes_distances_per
         assert float(d[0]["mean_distance"]) > 0 and float(d[3]["mean_distance"]) == 0  # one flower left at t = 3
         assert (out / "cells" / cell / "perspective.png").read_bytes()[:4] == b"\x89PNG"
     assert len(loads) == 1  # one embedder for the four runs
+
+
+def test_runs_of_one_cell_must_have_the_same_shape(tmp_path, capsys):
+    write_run(tmp_path, 0.5, 25, 1, converging(3, 4, at=2))
+    short = write_run(tmp_path, 0.5, 25, 2, converging(3, 2, at=1))[0]
+    assert an.main([str(tmp_path), "--pattern", AUTHORS, "--out", str(tmp_path / "o")]) == 2
+    assert one_line_error(capsys) == (f"error: {short}: 3 agents x 2 steps, but {tmp_path / 'output5_25_1.csv'} has "
+                                      f"3 x 4: runs of one (k, p) cell must match")
+    assert not (tmp_path / "o").exists()

@@ -172,7 +172,7 @@ class Labelling:
 
 @dataclass
 class CellData:
-    """The runs of one (k, p) cell, read and labelled: replica -> answers [T][n], labels, embeddings."""
+    """The runs of one (k, p) cell: replica -> answers [T][n], then labels and embeddings."""
     fmt: str
     agent_names: list[str]
     files: list[Path]
@@ -182,7 +182,7 @@ class CellData:
     emb: dict = field(default_factory=dict)
 
 
-def read_cell(runs: list[tuple[int | None, list[Path]]], lab: Labelling, notes: list[str]) -> CellData:
+def read_cell(runs: list[tuple[int | None, list[Path]]], notes: list[str]) -> CellData:
     """runs: (replica or None to keep the file's own, files in order). Runs of a cell share n and T."""
     cell = None
     for replica, files in runs:
@@ -196,6 +196,7 @@ def read_cell(runs: list[tuple[int | None, list[Path]]], lab: Labelling, notes: 
             cell = CellData(fmt, agent_names, list(files))
         else:
             cell.files += files
+            cell.fmt = cell.fmt if fmt == cell.fmt else "mixed"
             first = next(iter(cell.answers.values()))
             other = next(iter(answers.values()))
             if (len(other[0]), len(other)) != (len(first[0]), len(first)):
@@ -203,9 +204,15 @@ def read_cell(runs: list[tuple[int | None, list[Path]]], lab: Labelling, notes: 
                                 f"{len(first[0])} x {len(first)}: runs of one (k, p) cell must match")
         for r, rows in answers.items():
             cell.answers[r], cell.run_files[r] = rows, [str(f) for f in files]
-            cell.labels[r], emb = lab.run(rows)
-            if emb is not None:
-                cell.emb[r] = emb
+    return cell
+
+
+def label_cell(cell: CellData, lab: Labelling) -> CellData:
+    """Labels (and embeddings, with --embed) of every run of the cell."""
+    for r, rows in cell.answers.items():
+        cell.labels[r], emb = lab.run(rows)
+        if emb is not None:
+            cell.emb[r] = emb
     return cell
 
 
@@ -286,8 +293,9 @@ def analyze(files: list[Path], out: Path, *, sets: dict | None = None, names_fil
     check_options(out, opts)
     sets = sets or {}
     notes: list[str] = []
-    lab = Labelling(opts)
-    cell = read_cell([(sets.get("replica"), files)], lab, notes)
+    cell = read_cell([(sets.get("replica"), files)], notes)
+    lab = Labelling(opts)  # after reading: a bad file is refused before any model loads
+    label_cell(cell, lab)
     first = next(iter(cell.answers.values()))
     rules = make_rules(opts, len(first), notes)
     k, p = sets.get("k"), sets.get("p")
@@ -314,9 +322,11 @@ def analyze_grid(inputs: list[Path], out: Path, pattern: str, *, sets: dict | No
     for run in runs:
         by_cell.setdefault((run.k, run.p), []).append(run)
     notes: list[str] = []
-    lab = Labelling(opts)
     cell_notes = {kp: [] for kp in by_cell}  # how each run's files were joined: kept in its cell's summary
-    cells = {kp: read_cell([(r.replica, list(r.files)) for r in rs], lab, cell_notes[kp]) for kp, rs in by_cell.items()}
+    cells = {kp: read_cell([(r.replica, list(r.files)) for r in rs], cell_notes[kp]) for kp, rs in by_cell.items()}
+    lab = Labelling(opts)  # after reading: a bad file is refused before any model loads
+    for cell in cells.values():
+        label_cell(cell, lab)
     T = min(len(rows) for c in cells.values() for rows in c.answers.values())
     rules = make_rules(opts, T, notes)
     if is_complete(out):
