@@ -7,6 +7,7 @@ import pytest
 from conftest import run_cli
 
 from tensorsim.analysis import analyze as an
+from tensorsim.analysis.transcripts import parse_cell
 from tensorsim.knowledge import load_kb
 
 LABELS = load_kb().labels
@@ -123,12 +124,12 @@ def test_transcript_jsonl_two_files(tmp_path):
 
 
 def test_parse_cell():
-    assert an.parse_cell("['x y']") == "x y"
-    assert an.parse_cell(' ["a", "b"] ') == "a b"
-    assert an.parse_cell("[not a literal") == "[not a literal"
-    assert an.parse_cell("[1, 2]") == "[1, 2]"
-    assert an.parse_cell("[__import__('os').system('echo hi')]") == "[__import__('os').system('echo hi')]"
-    assert an.parse_cell("plain, text") == "plain, text"
+    assert parse_cell("['x y']") == "x y"
+    assert parse_cell(' ["a", "b"] ') == "a b"
+    assert parse_cell("[not a literal") == "[not a literal"
+    assert parse_cell("[1, 2]") == "[1, 2]"
+    assert parse_cell("[__import__('os').system('echo hi')]") == "[__import__('os').system('echo hi')]"
+    assert parse_cell("plain, text") == "plain, text"
 
 
 ERRORS = [

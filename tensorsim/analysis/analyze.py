@@ -1,29 +1,35 @@
 """`python -m tensorsim.analyze FILES... --out DIR`: label and measure transcripts produced elsewhere.
 
-Input formats (one format per call; several files are one run, concatenated in the given order):
-  wide CSV (.csv)   a header row, then one row per step: the step index first, then one column per agent.
-                    A cell is one answer, either plain text or a Python list literal of one string
-                    ("[' The prettiest flower is the rose, ...']"). The step column may continue or restart
-                    from one file to the next: steps are re-indexed 0..T-1 in file order.
-  transcript (.jsonl)  tensorsim's own transcript.jsonl: {"replica", "t", "agent", "response", ...} per line.
-  transcript (.parquet)  tensorsim's transcript.parquet (output.format=parquet): the same columns.
+Input formats (tensorsim/analysis/transcripts.py; one format per run): wide CSV (a header row, then one
+row per step: the step index first, then one column per agent; a cell is plain text or a Python list
+literal of one string; several files of one run are concatenated in order and re-indexed 0..T-1), or
+tensorsim's transcript.jsonl / transcript.parquet.
+
+One run: FILES are its parts in order; `--set k=5 --set p=0.5 --set replica=3` gives its parameters,
+which go into summary.json as a simulated single run's do. Many runs: `--pattern 'output{p10}_{k}_{replica}'`
+reads each run's parameters from its file names (tensorsim/analysis/imported.py; FILES may be
+directories and globs, `_2nd` parts are joined to their run), and DIR becomes a grid as a packed
+simulation writes it: cells/k{K}_p{P}/ with the k, p columns, one summary.json per cell with its
+replicas, and a top-level summary.json listing the cells, so `python -m tensorsim.report DIR` draws the
+phase diagram. Every input is read and labelled before anything is written.
+
 Every answer is labelled (name labeler by default: the earliest known flower name in the text), every
-metric and pattern is computed as in a simulation, and DIR receives what a simulation writes:
-metrics.csv, agents.csv (partner and mirrored empty), transcript.jsonl, summary.json, stability.png,
-entropy.png, silos.png; with --embed also distance.csv and distance.png (mean pairwise distance
-between the agents' answer embeddings over t) and perspective.png (classical MDS of the embeddings).
-Files are staged and renamed into place; summary.json comes last and marks DIR complete.
+metric and pattern is computed as in a simulation, and each cell directory receives what a simulation
+writes: metrics.csv, agents.csv (partner and mirrored empty), transcript.jsonl, summary.json,
+stability.png, entropy.png, silos.png; with --embed also distance.csv and distance.png (mean pairwise
+distance between the agents' answer embeddings over t) and perspective.png (classical MDS of the
+embeddings). Files are staged and renamed into place; summary.json comes last and marks DIR complete.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 import json
 import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,208 +38,9 @@ import torch
 from ..core import metrics
 from ..core.patterns import PatternRules, label_name, last_change_step, run_pattern, silo_patterns
 from ..errors import UserError
-from ..outputs import SUMMARY, is_complete, write_json_atomic
-
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-
-
-# ----------------------------------------------------------------------------------------- reading
-
-def parse_cell(text: str) -> str:
-    """One CSV cell -> the answer: a list literal of strings is unwrapped, anything else is kept as is."""
-    s = text.strip()
-    if len(s) >= 2 and s[0] == "[" and s[-1] == "]":
-        try:
-            value = ast.literal_eval(s)  # literals only: never evaluates code
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return text
-        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            return " ".join(v.strip() for v in value) if len(value) > 1 else value[0]
-    return text
-
-
-def _is_step(text: str) -> bool:
-    try:
-        v = float(text)
-    except ValueError:
-        return False
-    return v == int(v)
-
-
-def read_wide_csv(paths: list[Path], notes: list[str]) -> tuple[list[str], list[list[str]]]:
-    """-> (agent column names, answers [T][n]) of the files concatenated in order."""
-    csv.field_size_limit(2 ** 31 - 1)
-    agents: list[str] | None = None
-    first_file = None
-    answers: list[list[str]] = []
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8-sig", newline="") as f:
-                rows = list(csv.reader(f))
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except csv.Error as e:
-            raise UserError(f"{path}: not a readable CSV ({e})") from None
-        if not rows:
-            raise UserError(f"{path}: empty file (expected a header row, then one row per step)")
-        header = [h.strip() for h in rows[0]]
-        cols = header[1:]
-        if not cols:
-            raise UserError(f"{path}: the header has no agent columns (expected: step, agent, agent, ...)")
-        dup = sorted({c for c in cols if cols.count(c) > 1})
-        if dup:
-            raise UserError(f"{path}: duplicate agent columns in the header: {', '.join(dup)}")
-        order = list(range(len(cols)))
-        if agents is None:
-            agents, first_file = cols, path
-        elif cols != agents:
-            if sorted(cols) == sorted(agents):
-                order = [cols.index(a) for a in agents]
-                notes.append(f"{path}: agent columns in another order than in {first_file}; matched by name")
-            else:
-                missing = [a for a in agents if a not in cols]
-                extra = [c for c in cols if c not in agents]
-                raise UserError(f"{path}: agent columns differ from {first_file} (missing: "
-                                f"{', '.join(missing) or '-'}; extra: {', '.join(extra) or '-'})")
-        steps = []
-        t0 = len(answers)
-        for line, row in enumerate(rows[1:], start=2):
-            if not any(c.strip() for c in row):
-                continue  # blank line
-            if len(row) != len(header):
-                raise UserError(f"{path} line {line}: {len(row)} cells, expected {len(header)} like the header "
-                                f"(ragged row)")
-            if not _is_step(row[0].strip()):
-                raise UserError(f"{path} line {line}: the first column must be the step index, got {row[0][:40]!r}")
-            steps.append(int(float(row[0])))
-            out = []
-            for j in order:
-                cell = row[1 + j]
-                answer = parse_cell(cell)
-                if not answer.strip() or answer.strip().lower() in ("nan", "none", "null"):
-                    raise UserError(f"{path} line {line}: empty answer in column {cols[j]!r}")
-                out.append(answer)
-            answers.append(out)
-        if not steps:
-            raise UserError(f"{path}: no rows after the header")
-        if any(b <= a for a, b in zip(steps, steps[1:])):
-            notes.append(f"{path}: the step column is not increasing; rows are taken in file order")
-        if len(paths) > 1:
-            how = ("continues" if t0 and steps[0] == t0 else "restarts" if t0 and steps[0] == 0 else
-                   "starts" if not t0 else f"jumps to {steps[0]}")
-            notes.append(f"{path}: step column {how} at {steps[0]}; its rows are t = {t0}..{len(answers) - 1}")
-    return agents, answers
-
-
-def _record(path: Path, where: str, rec: dict) -> tuple:
-    """One transcript record, checked -> (where, replica, t, agent, response)."""
-    for key in ("t", "agent"):
-        if not (isinstance(rec.get(key), int) and not isinstance(rec.get(key), bool)) or rec[key] < 0:
-            raise UserError(f"{path} {where}: {key!r} must be an integer >= 0")
-    if not isinstance(rec.get("response"), str):
-        raise UserError(f"{path} {where}: 'response' must be a string")
-    r = rec.get("replica", 0)
-    if not isinstance(r, int) or isinstance(r, bool):
-        raise UserError(f"{path} {where}: 'replica' must be an integer")
-    return where, r, rec["t"], rec["agent"], rec["response"]
-
-
-def _jsonl_records(path: Path) -> list[tuple]:
-    records = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line, text in enumerate(f, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    rec = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path} line {line}: not JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise UserError(f"{path} line {line}: expected an object with t, agent, response")
-                records.append(_record(path, f"line {line}", rec))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return records
-
-
-def _parquet_records(path: Path) -> list[tuple]:
-    """tensorsim's transcript.parquet (output.format=parquet): columns t, agent, response, and replica."""
-    import pyarrow.parquet as pq
-
-    from ..outputs import parquet_batches
-
-    try:
-        names = pq.read_schema(path).names
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same one-line error
-        raise UserError(f"{path}: not a readable Parquet table ({str(e).splitlines()[0]})") from None
-    cols = ["t", "agent", "response"] + (["replica"] if "replica" in names else [])
-    records, row = [], 0
-    for batch in parquet_batches(path, cols):
-        for rec in batch.to_pylist():
-            row += 1
-            records.append(_record(path, f"row {row}", rec))
-    return records
-
-
-def read_transcripts(paths: list[Path], notes: list[str]) -> tuple[list[str], dict[int, list[list[str]]]]:
-    """-> (agent names, replica -> answers [T][n]); the t of each file are re-indexed after the last file's."""
-    data: dict[int, dict[int, dict[int, str]]] = {}
-    offset = 0
-    for path in paths:
-        records = _parquet_records(path) if path.suffix.lower() == ".parquet" else _jsonl_records(path)
-        if not records:
-            raise UserError(f"{path}: no transcript records")
-        ts = sorted({t for _, _, t, _, _ in records})
-        index = {t: offset + i for i, t in enumerate(ts)}
-        for line, r, t, a, resp in records:
-            cell = data.setdefault(r, {}).setdefault(index[t], {})
-            if a in cell:
-                raise UserError(f"{path} {line}: a second answer of agent {a} at replica {r}, t={t}")
-            cell[a] = resp
-        if len(paths) > 1:
-            notes.append(f"{path}: t {ts[0]}..{ts[-1]} -> t = {offset}..{offset + len(ts) - 1}")
-        offset += len(ts)
-    n = max(a for steps in data.values() for cell in steps.values() for a in cell) + 1
-    out = {}
-    for r, steps in sorted(data.items()):
-        T = max(steps) + 1
-        rows = []
-        for t in range(T):
-            cell = steps.get(t, {})
-            if len(cell) != n:
-                missing = [a for a in range(n) if a not in cell]
-                raise UserError(f"replica {r}, t={t}: answers of {len(cell)} of {n} agents (missing agent "
-                                f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''})")
-            rows.append([cell[a] for a in range(n)])
-        out[r] = rows
-    lengths = {len(v) for v in out.values()}
-    if len(lengths) > 1:
-        raise UserError(f"replicas have different numbers of steps: {sorted(lengths)}")
-    return [str(a) for a in range(n)], out
-
-
-def read_inputs(paths: list[Path], notes: list[str]) -> tuple[str, list[str], dict[int, list[list[str]]]]:
-    for p in paths:
-        if not p.exists():
-            raise UserError(f"{p}: no such file")
-        if not p.is_file():
-            raise UserError(f"{p}: not a file")
-    kinds = []
-    for p in paths:
-        kind = FORMATS.get(p.suffix.lower())
-        if kind is None:
-            raise UserError(f"{p}: unknown format {p.suffix or '(no extension)'!r} (expected a wide .csv, a "
-                            f"transcript .jsonl or .parquet)")
-        kinds.append(kind)
-    if len(set(kinds)) > 1:
-        raise UserError("mixed input formats: give either wide .csv files or transcript .jsonl or .parquet files")
-    if kinds[0] == "csv":
-        agents, answers = read_wide_csv(paths, notes)
-        return "csv", agents, {0: answers}
-    agents, by_replica = read_transcripts(paths, notes)
-    return kinds[0], agents, by_replica
-
+from ..outputs import SUMMARY, cell_dirname, is_complete, write_json_atomic
+from .imported import ImportedRun, compile_pattern, expand_inputs, group_runs, parse_sets
+from .transcripts import read_inputs
 
 def read_names(path: Path | None) -> tuple[list[str], str]:
     if path is None:
@@ -272,32 +79,36 @@ def _f6(x) -> str:
     return "" if x is None else f"{x + 0.0:.6f}"
 
 
-# ------------------------------------------------------------------------------------------ writing
+@dataclass
+class Options:
+    """How answers are labelled and measured; the same for every run of one command."""
+    names_file: Path | None = None
+    window: int = 20
+    rules_kw: dict = field(default_factory=dict)
+    labeler: str = "name"
+    embed: bool = False
+    embedder_file: Path | None = None
+    device: str = "auto"
+    mds_steps: str = "first,middle,last"
+    overwrite: bool = False
 
-def analyze(files: list[Path], out: Path, *, names_file: Path | None = None, window: int = 20,
-            rules_kw: dict | None = None, labeler: str = "name", embed: bool = False,
-            embedder_file: Path | None = None, device: str = "auto", mds_steps: str = "first,middle,last",
-            overwrite: bool = False) -> dict:
-    notes: list[str] = []
+
+def check_options(out: Path, opts: Options) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
-    if is_complete(out) and not overwrite:
+    if is_complete(out) and not opts.overwrite:
         raise UserError(f"--out {out} already holds a completed analysis (summary.json); choose another "
                         f"directory or pass --overwrite")
-    if window < 1:
-        raise UserError(f"--window={window} is not allowed: an integer >= 1")
-    if labeler == "centroid" and not embed:
+    if opts.window < 1:
+        raise UserError(f"--window={opts.window} is not allowed: an integer >= 1")
+    if opts.labeler == "centroid" and not opts.embed:
         raise UserError("--labeler centroid needs --embed (it labels answers by their embeddings)")
-    if labeler == "centroid" and names_file is not None:
+    if opts.labeler == "centroid" and opts.names_file is not None:
         raise UserError("--names applies to --labeler name only (the centroid labeler uses the knowledge base's labels)")
-    fmt, agent_names, answers = read_inputs(files, notes)
-    names, names_source = read_names(names_file)
-    T = len(next(iter(answers.values())))
-    n = len(agent_names)
-    if window > T:
-        notes.append(f"--window={window} is longer than the {T} steps: the window is all {T} steps")
-        window = T
-    rules = PatternRules(window=window, **(rules_kw or {}))
+    check_rules(PatternRules(window=opts.window, **opts.rules_kw))  # before any input is read
+
+
+def check_rules(rules: PatternRules) -> None:
     if not 0 <= rules.stable_min_stability <= 1:
         raise UserError(f"--stable-min-stability={rules.stable_min_stability} is not allowed: a number in [0, 1]")
     if rules.decay_min_silo_drop < 1:
@@ -305,92 +116,234 @@ def analyze(files: list[Path], out: Path, *, names_file: Path | None = None, win
     if not rules.decay_min_entropy_drop > 0:
         raise UserError(f"--decay-min-entropy-drop={rules.decay_min_entropy_drop} is not allowed: a number > 0")
 
-    embedder = embedder_cfg = None
-    emb: dict[int, np.ndarray] = {}
-    if embed:
-        from .perspective import default_embedder_cfg, make_embedder
 
-        if embedder_file is not None:
-            from omegaconf import OmegaConf
+def make_rules(opts: Options, T: int, notes: list[str]) -> PatternRules:
+    """The pattern rules, the window capped to the T steps of the shortest run."""
+    window = opts.window
+    if window > T:
+        notes.append(f"--window={window} is longer than the {T} steps: the window is all {T} steps")
+        window = T
+    return PatternRules(window=window, **opts.rules_kw)
 
-            if not embedder_file.is_file():
-                raise UserError(f"--embedder {embedder_file}: no such file")
-            embedder_cfg = OmegaConf.to_container(OmegaConf.load(embedder_file), resolve=True)
+
+class Labelling:
+    """The label names and, when asked for, the embedder: built once, used on every run."""
+
+    def __init__(self, opts: Options):
+        self.opts = opts
+        self.names, self.source = read_names(opts.names_file)
+        self.embedder = self.embedder_cfg = None
+        if opts.embed:
+            from .perspective import default_embedder_cfg, make_embedder
+
+            if opts.embedder_file is not None:
+                from omegaconf import OmegaConf
+
+                if not opts.embedder_file.is_file():
+                    raise UserError(f"--embedder {opts.embedder_file}: no such file")
+                self.embedder_cfg = OmegaConf.to_container(OmegaConf.load(opts.embedder_file), resolve=True)
+            else:
+                self.embedder_cfg = default_embedder_cfg()
+            self.embedder = make_embedder(self.embedder_cfg, opts.device)
+        if opts.labeler == "name":
+            from ..core.labels import NameLabeler
+
+            self.label_text = NameLabeler(self.names)
         else:
-            embedder_cfg = default_embedder_cfg()
-        embedder = make_embedder(embedder_cfg, device)
+            from ..core.labels import CentroidLabeler
+            from ..knowledge import load_kb
+
+            kb = load_kb()
+            self.names, self.source = kb.labels, f"centroids of the packaged knowledge base {kb.name}"
+            ref = self.embedder.responses([row[kb.topic_slot] for row in kb.answers]).cpu()
+            self.label_vectors = CentroidLabeler(ref, torch.tensor(kb.agent_labels), len(kb.labels))
+
+    def run(self, rows: list[list[str]]) -> tuple[torch.Tensor, np.ndarray | None]:
+        """answers [T][n] -> (labels [T, n], embeddings [T, n, d] or None)."""
+        T, n = len(rows), len(rows[0])
+        flat = [a for row in rows for a in row]
+        emb = None
+        if self.embedder is not None:
+            emb = self.embedder.responses(flat).cpu().numpy().reshape(T, n, -1)  # each distinct text once
+        if self.opts.labeler == "name":
+            return self.label_text(flat).reshape(T, n), emb
+        return self.label_vectors(torch.from_numpy(emb)), emb
+
+
+@dataclass
+class CellData:
+    """The runs of one (k, p) cell: replica -> answers [T][n], then labels and embeddings."""
+    fmt: str
+    agent_names: list[str]
+    files: list[Path]
+    run_files: dict = field(default_factory=dict)  # replica -> its files in order
+    answers: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+    emb: dict = field(default_factory=dict)
+
+
+def read_cell(runs: list[tuple[int | None, list[Path]]], notes: list[str]) -> CellData:
+    """runs: (replica or None to keep the file's own, files in order). Runs of a cell share n and T."""
+    cell = None
+    for replica, files in runs:
+        fmt, agent_names, answers = read_inputs(files, notes)
+        if replica is not None:
+            if len(answers) > 1:
+                raise UserError(f"{files[0]}: holds replicas {', '.join(map(str, answers))}; a run given a "
+                                f"replica number by --set or --pattern must hold one")
+            answers = {replica: next(iter(answers.values()))}
+        if cell is None:
+            cell = CellData(fmt, agent_names, list(files))
+        else:
+            cell.files += files
+            cell.fmt = cell.fmt if fmt == cell.fmt else "mixed"
+            first = next(iter(cell.answers.values()))
+            other = next(iter(answers.values()))
+            if (len(other[0]), len(other)) != (len(first[0]), len(first)):
+                raise UserError(f"{files[0]}: {len(other[0])} agents x {len(other)} steps, but {cell.files[0]} has "
+                                f"{len(first[0])} x {len(first)}: runs of one (k, p) cell must match")
         for r, rows in answers.items():
-            flat = [a for row in rows for a in row]
-            emb[r] = embedder.responses(flat).cpu().numpy().reshape(T, n, -1)  # each distinct text once
+            cell.answers[r], cell.run_files[r] = rows, [str(f) for f in files]
+    return cell
 
-    if labeler == "name":
-        from ..core.labels import NameLabeler
 
-        lab_fn = NameLabeler(names)
-        labels = {r: lab_fn([a for row in rows for a in row]).reshape(T, n) for r, rows in answers.items()}
-    else:
-        from ..core.labels import CentroidLabeler
-        from ..knowledge import load_kb
+def label_cell(cell: CellData, lab: Labelling) -> CellData:
+    """Labels (and embeddings, with --embed) of every run of the cell."""
+    for r, rows in cell.answers.items():
+        cell.labels[r], emb = lab.run(rows)
+        if emb is not None:
+            cell.emb[r] = emb
+    return cell
 
-        kb = load_kb()
-        names, names_source = kb.labels, f"centroids of the packaged knowledge base {kb.name}"
-        ref = embedder.responses([row[kb.topic_slot] for row in kb.answers]).cpu()
-        lab_fn = CentroidLabeler(ref, torch.tensor(kb.agent_labels), len(kb.labels))
-        labels = {r: lab_fn(torch.from_numpy(emb[r])) for r in answers}
-    L = len(names)
 
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite and is_complete(out):
-        (out / SUMMARY).unlink()  # from here on the directory reads as incomplete
-        for stale in ("distance.csv", "distance.png", "perspective.png"):
-            (out / stale).unlink(missing_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=".analyze-"))
+# ------------------------------------------------------------------------------------------ writing
+
+def write_cell(directory: Path, cell: CellData, lab: Labelling, rules: PatternRules, kp: tuple | None,
+               title: str, mds_steps: str) -> list[dict]:
+    """A cell's tables and plots, staged and renamed into directory -> its replica records.
+    kp: (k, p) to write as columns, as a simulated grid's cells do; None for a single run."""
+    names, L = lab.names, len(lab.names)
+    extra = list(kp) if kp else []
+    directory.mkdir(parents=True, exist_ok=True)
+    if is_complete(directory):
+        (directory / SUMMARY).unlink()  # from here on the directory reads as incomplete
+    for stale in ("distance.csv", "distance.png", "perspective.png"):
+        (directory / stale).unlink(missing_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=directory, prefix=".analyze-"))
     try:
         replicas, stab, ent, labs = [], {}, {}, {}
         with open(stage / "metrics.csv", "w", encoding="utf-8", newline="") as fm, \
                 open(stage / "agents.csv", "w", encoding="utf-8", newline="") as fa, \
                 open(stage / "transcript.jsonl", "w", encoding="utf-8") as ft:
             wm, wa = csv.writer(fm), csv.writer(fa)
-            wm.writerow(["replica", "t", "stability", "entropy", "n_silos"])
-            wa.writerow(["replica", "t", "agent", "label", "label_name", "partner", "mirrored"])
-            for r, rows in answers.items():
-                lab = labels[r]
-                S, E, silos = measure(lab, L)
-                lab_list = lab.tolist()
-                for t in range(T):
-                    wm.writerow([r, t, _f6(S[t]), _f6(E[t]), silos[t]])
-                    wa.writerows([r, t, i, lab_list[t][i], label_name(lab_list[t][i], names), "", ""]
+            cols = ["k", "p"] if kp else []
+            wm.writerow(["replica", "t", "stability", "entropy", "n_silos"] + cols)
+            wa.writerow(["replica", "t", "agent", "label", "label_name", "partner", "mirrored"] + cols)
+            for r, rows in cell.answers.items():
+                labels = cell.labels[r]
+                S, E, silos = measure(labels, L)
+                lab_list = labels.tolist()
+                n = len(rows[0])
+                for t in range(len(rows)):
+                    wm.writerow([r, t, _f6(S[t]), _f6(E[t]), silos[t]] + extra)
+                    wa.writerows([r, t, i, lab_list[t][i], label_name(lab_list[t][i], names), "", ""] + extra
                                  for i in range(n))
-                    ft.writelines(json.dumps({"replica": r, "t": t, "agent": i, "agent_name": agent_names[i],
+                    ft.writelines(json.dumps({"replica": r, "t": t, "agent": i, "agent_name": cell.agent_names[i],
                                               "context": None, "response": rows[t][i]}, ensure_ascii=False)
                                   + "\n" for i in range(n))
-                replicas.append({"replica": r, "seed": None, "final_n_silos": silos[-1],
+                replicas.append({"replica": r, "files": cell.run_files[r], "seed": None, "final_n_silos": silos[-1],
                                  "pattern": run_pattern(S, silos, E, rules), "last_change_step": last_change_step(S),
-                                 "final_entropy": E[-1], "silos": silo_patterns(lab, rules, names)})
-                stab[r], ent[r], labs[r] = S, E, lab.numpy()
+                                 "final_entropy": E[-1], "silos": silo_patterns(labels, rules, names)})
+                stab[r], ent[r], labs[r] = S, E, labels.numpy()
 
         from .plots import write_plots
 
-        title = f"{files[0].name}{' + ...' if len(files) > 1 else ''}: n={n}, T={T}"
         write_plots(stage, stab, ent, labs, names, title)
-        if embed:
-            _distance_outputs(stage, emb, labs, names, title, mds_steps, T)
+        if cell.emb:
+            _distance_outputs(stage, cell.emb, labs, names, title, mds_steps, len(next(iter(cell.answers.values()))))
         for path in sorted(stage.iterdir()):
-            os.replace(path, out / path.name)
+            os.replace(path, directory / path.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    return replicas
 
-    summary = {
-        "config": {"source": "analyze", "files": [str(f) for f in files], "format": fmt, "labeler": labeler,
-                   "names": names_source, "pattern": {"window": rules.window,
-                                                      "stable_min_stability": rules.stable_min_stability,
-                                                      "decay_min_silo_drop": rules.decay_min_silo_drop,
-                                                      "decay_min_entropy_drop": rules.decay_min_entropy_drop},
-                   "embedder": embedder_cfg},
-        "models": {"agents": "external"}, "n": n, "steps": T, "k": None, "p": None,
-        "agent_names": agent_names, "label_names": names, "notes": notes, "complete": True,
+
+def cell_summary(cell: CellData, lab: Labelling, rules: PatternRules, replicas: list[dict], k, p,
+                 notes: list[str]) -> dict:
+    first = next(iter(cell.answers.values()))
+    return {
+        "config": {"source": "analyze", "files": [str(f) for f in cell.files], "format": cell.fmt,
+                   "labeler": lab.opts.labeler, "names": lab.source,
+                   "pattern": {"window": rules.window, "stable_min_stability": rules.stable_min_stability,
+                               "decay_min_silo_drop": rules.decay_min_silo_drop,
+                               "decay_min_entropy_drop": rules.decay_min_entropy_drop},
+                   "embedder": lab.embedder_cfg},
+        "models": {"agents": "external"}, "n": len(first[0]), "steps": len(first), "k": k, "p": p,
+        "agent_names": cell.agent_names, "label_names": lab.names, "notes": notes, "complete": True,
         "replicas": replicas,
     }
+
+
+def analyze(files: list[Path], out: Path, *, sets: dict | None = None, names_file: Path | None = None,
+            window: int = 20, rules_kw: dict | None = None, labeler: str = "name", embed: bool = False,
+            embedder_file: Path | None = None, device: str = "auto", mds_steps: str = "first,middle,last",
+            overwrite: bool = False) -> dict:
+    """One run from its files in order; sets: its k, p and replica (--set), any of them."""
+    opts = Options(names_file, window, rules_kw or {}, labeler, embed, embedder_file, device, mds_steps, overwrite)
+    check_options(out, opts)
+    sets = sets or {}
+    notes: list[str] = []
+    cell = read_cell([(sets.get("replica"), files)], notes)
+    lab = Labelling(opts)  # after reading: a bad file is refused before any model loads
+    label_cell(cell, lab)
+    first = next(iter(cell.answers.values()))
+    rules = make_rules(opts, len(first), notes)
+    k, p = sets.get("k"), sets.get("p")
+    where = ", ".join(f"{key}={sets[key]:g}" for key in ("k", "p") if key in sets)
+    title = f"{files[0].name}{' + ...' if len(files) > 1 else ''}: n={len(first[0])}, T={len(first)}" + \
+        (f", {where}" if where else "")
+    replicas = write_cell(out, cell, lab, rules, None, title, mds_steps)
+    summary = cell_summary(cell, lab, rules, replicas, k, p, notes)
+    write_json_atomic(out / SUMMARY, summary)
+    return summary
+
+
+def analyze_grid(inputs: list[Path], out: Path, pattern: str, *, sets: dict | None = None,
+                 **options) -> dict:
+    """Many runs, their parameters from their file names -> a grid in out (cells/k{K}_p{P}/, summary.json)."""
+    opts = Options(**options)
+    check_options(out, opts)
+    runs = group_runs(expand_inputs(inputs), compile_pattern(pattern), sets or {})
+    missing = [key for key in ("k", "p") if getattr(runs[0], key) is None]
+    if missing:
+        raise UserError(f"--pattern {pattern!r}: every run needs k and p; give {' and '.join(missing)} by a field "
+                        f"({{k}}, {{p}} or {{p10}}) or by --set")
+    by_cell: dict[tuple, list[ImportedRun]] = {}
+    for run in runs:
+        by_cell.setdefault((run.k, run.p), []).append(run)
+    notes: list[str] = []
+    cell_notes = {kp: [] for kp in by_cell}  # how each run's files were joined: kept in its cell's summary
+    cells = {kp: read_cell([(r.replica, list(r.files)) for r in rs], cell_notes[kp]) for kp, rs in by_cell.items()}
+    lab = Labelling(opts)  # after reading: a bad file is refused before any model loads
+    for cell in cells.values():
+        label_cell(cell, lab)
+    T = min(len(rows) for c in cells.values() for rows in c.answers.values())
+    rules = make_rules(opts, T, notes)
+    if is_complete(out):
+        (out / SUMMARY).unlink()  # --overwrite: the grid reads as incomplete until its cells are written
+    listing = []
+    for (k, p), cell in cells.items():
+        rel = Path("cells") / cell_dirname(k, p)
+        first = next(iter(cell.answers.values()))
+        title = f"{pattern}: n={len(first[0])}, T={len(first)}, k={k}, p={p:g}"
+        replicas = write_cell(out / rel, cell, lab, rules, (k, p), title, opts.mds_steps)
+        write_json_atomic(out / rel / SUMMARY, cell_summary(cell, lab, rules, replicas, k, p, cell_notes[(k, p)]))
+        listing.append({"k": k, "p": p, "dir": str(rel), "replicas": [r["replica"] for r in replicas],
+                        "mean_final_n_silos": sum(r["final_n_silos"] for r in replicas) / len(replicas)})
+    summary = {"config": {"source": "analyze", "pattern": pattern, "inputs": [str(i) for i in inputs],
+                          "set": sets or {}, "labeler": opts.labeler, "names": lab.source},
+               "models": {"agents": "external"}, "runs": len(runs), "notes": notes, "complete": True,
+               "cells": listing}
     write_json_atomic(out / SUMMARY, summary)
     return summary
 
@@ -429,12 +382,20 @@ def _distance_outputs(stage: Path, emb: dict, labs: dict, names: list[str], titl
     perspective_figure(stage / "perspective.png", rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tensorsim.analyze",
                                  description="Label and measure transcripts from elsewhere (wide CSV, one row per "
                                              "step and one column per agent; or tensorsim transcript.jsonl).")
-    ap.add_argument("files", nargs="+", type=Path, help="input files of one run, in order")
+    ap.add_argument("files", nargs="+", type=Path,
+                    help="input files of one run, in order; with --pattern: files, directories or globs of many runs")
     ap.add_argument("--out", type=Path, required=True, help="output directory")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a run parameter: k=5, p=0.5 or replica=3 (repeatable); with --pattern, for the fields "
+                         "the pattern lacks")
+    ap.add_argument("--pattern", default=None,
+                    help="file-name pattern of many runs, e.g. 'output{p10}_{k}_{replica}' ({p10} = p x 10; "
+                         "fields {k}, {p}, {p10}, {replica}); a _2nd file is joined to its run")
     ap.add_argument("--names", type=Path, default=None,
                     help="label names, one per line (default: the packaged knowledge base's flower names)")
     ap.add_argument("--labeler", choices=("name", "centroid"), default="name",
@@ -450,21 +411,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mds-steps", default="first,middle,last", help="steps of the perspective figure")
     ap.add_argument("--device", default="auto", help="device for the embedder")
     ap.add_argument("--overwrite", action="store_true", help="replace a completed analysis in --out")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    options = dict(names_file=args.names, window=args.window,
+                   rules_kw={"stable_min_stability": args.stable_min_stability,
+                             "decay_min_silo_drop": args.decay_min_silo_drop,
+                             "decay_min_entropy_drop": args.decay_min_entropy_drop},
+                   labeler=args.labeler, embed=args.embed, embedder_file=args.embedder, device=args.device,
+                   mds_steps=args.mds_steps, overwrite=args.overwrite)
     try:
-        summary = analyze(args.files, args.out, names_file=args.names, window=args.window,
-                          rules_kw={"stable_min_stability": args.stable_min_stability,
-                                    "decay_min_silo_drop": args.decay_min_silo_drop,
-                                    "decay_min_entropy_drop": args.decay_min_entropy_drop},
-                          labeler=args.labeler, embed=args.embed, embedder_file=args.embedder, device=args.device,
-                          mds_steps=args.mds_steps, overwrite=args.overwrite)
+        sets = parse_sets(args.sets)
+        if args.pattern is not None:
+            summary = analyze_grid(args.files, args.out, args.pattern, sets=sets, **options)
+        else:
+            summary = analyze(args.files, args.out, sets=sets, **options)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for note in summary["notes"]:
         print(f"[analyze] {note}", file=sys.stderr)
+    if "cells" in summary:
+        print(f"[analyze] {summary['runs']} runs in {len(summary['cells'])} (k, p) cells -> {args.out}")
+        return 0
     print(f"[analyze] n={summary['n']} agents, T={summary['steps']} steps -> {args.out}")
     for r in summary["replicas"]:
         print(f"  replica {r['replica']}: {r['final_n_silos']} silo(s), pattern {r['pattern']}")
     return 0
-

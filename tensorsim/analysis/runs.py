@@ -223,24 +223,32 @@ def window_mean_stability(S: np.ndarray, window: int) -> float:
     return float(np.mean(vals)) if len(vals) else math.nan
 
 
-def cell_stats(cells: list[Cell], window: int) -> dict:
-    finals, pats, last, smean, efinal = [], [], [], [], []
+def run_values(cells: list[Cell], window: int) -> dict[str, list]:
+    """Per run of the cells: final silos, pattern, step of the last label change, mean S over the final
+    window, final entropy; each a list in run order (what phase tables average and compare tests)."""
+    out = {"final_silos": [], "pattern": [], "last_change": [], "window_stability": [], "final_entropy": []}
     for _, rec, S, E, silos in iter_runs(cells):
-        finals.append(int(rec.get("final_n_silos", silos[-1])))
-        pats.append(rec.get("pattern"))
+        out["final_silos"].append(int(rec.get("final_n_silos", silos[-1])))
+        out["pattern"].append(rec.get("pattern"))
         lc = rec.get("last_change_step")
-        last.append(int(lc) if lc is not None else last_change_step([None] + S[1:].tolist()))
-        smean.append(window_mean_stability(S, window))
-        efinal.append(float(E[-1]))
+        out["last_change"].append(int(lc) if lc is not None else last_change_step([None] + S[1:].tolist()))
+        out["window_stability"].append(window_mean_stability(S, window))
+        out["final_entropy"].append(float(E[-1]))
+    return out
+
+
+def cell_stats(cells: list[Cell], window: int) -> dict:
+    v = run_values(cells, window)
+    finals, pats = v["final_silos"], v["pattern"]
     n = len(finals)
     stats = {"runs": n,
              "final_silos_mean": float(np.mean(finals)) if n else math.nan,
              "final_silos_sd": float(np.std(finals, ddof=1)) if n > 1 else math.nan}
     for pat in PATTERNS:
         stats[f"share_{pat}"] = (sum(x == pat for x in pats) / n) if n else math.nan
-    stats["median_last_change_step"] = float(np.median(last)) if n else math.nan
-    stats["mean_stability_window"] = float(np.mean(smean)) if n else math.nan
-    stats["mean_final_entropy"] = float(np.mean(efinal)) if n else math.nan
+    stats["median_last_change_step"] = float(np.median(v["last_change"])) if n else math.nan
+    stats["mean_stability_window"] = float(np.mean(v["window_stability"])) if n else math.nan
+    stats["mean_final_entropy"] = float(np.mean(v["final_entropy"])) if n else math.nan
     return stats
 
 
