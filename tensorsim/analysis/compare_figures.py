@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from .figures import _panel_grid, _quiet, _stack, kp_label
+from .figures import panel_grid, quiet_warnings, stack_series, kp_label
 from .plots import plt, save_fig
 from .runs import iter_runs
 
@@ -74,9 +74,9 @@ def difference_heatmaps(path: Path, rows: list[dict], metrics: dict[str, str], n
 
 
 def _band(ax, series: list[np.ndarray], band: str, colour: str, label: str) -> None:
-    arr = _stack(series)
+    arr = stack_series(series)
     t = np.arange(arr.shape[1])
-    with np.errstate(all="ignore"), _quiet():
+    with np.errstate(all="ignore"), quiet_warnings():
         mean = np.nanmean(arr, axis=0)
         if band == "iqr":
             lo, hi = np.nanpercentile(arr, 25, axis=0), np.nanpercentile(arr, 75, axis=0)
@@ -92,7 +92,7 @@ def overlaid_curves(path: Path, keys: list[tuple], A: dict, B: dict, which: str,
                     names: tuple[str, str], differs: set) -> None:
     """S(t) or E(t) per common cell: each set's mean and band, in its own colour; the titles of the
     cells in differs say so."""
-    fig, axes, where = _panel_grid(keys)
+    fig, axes, where = panel_grid(keys)
     for key in keys:
         ax = where[key]
         for groups, colour, name in ((A, SIDE_COLOURS[0], names[0]), (B, SIDE_COLOURS[1], names[1])):

@@ -45,7 +45,7 @@ def heatmap(path: Path, groups_stats: dict, value: str, title: str, cbar: str) -
     save_fig(fig, path)
 
 
-def _panel_grid(keys: list[tuple]):
+def panel_grid(keys: list[tuple]):
     """Subplots laid out k down, p across (one panel per (k, p) present)."""
     ks = sorted({k for k, _ in keys}, key=lambda v: (v is not None, v or 0))
     ps = sorted({p for _, p in keys}, key=lambda v: (v is not None, v or 0))
@@ -58,7 +58,7 @@ def _panel_grid(keys: list[tuple]):
     return fig, axes, where
 
 
-def _stack(series: list[np.ndarray]) -> np.ndarray:
+def stack_series(series: list[np.ndarray]) -> np.ndarray:
     T = max(len(s) for s in series)
     arr = np.full((len(series), T), np.nan)
     for i, s in enumerate(series):
@@ -67,15 +67,15 @@ def _stack(series: list[np.ndarray]) -> np.ndarray:
 
 
 def curves(path: Path, groups: dict, which: str, band: str, ylabel: str, title: str) -> None:
-    fig, axes, where = _panel_grid(list(groups))
+    fig, axes, where = panel_grid(list(groups))
     for key, cells in groups.items():
         ax = where[key]
         series = [S if which == "S" else E for _, _, S, E, _ in iter_runs(cells)]
         if not series:
             continue
-        arr = _stack(series)
+        arr = stack_series(series)
         t = np.arange(arr.shape[1])
-        with np.errstate(all="ignore"), _quiet():
+        with np.errstate(all="ignore"), quiet_warnings():
             mean = np.nanmean(arr, axis=0)
             if band == "iqr":
                 lo, hi = np.nanpercentile(arr, 25, axis=0), np.nanpercentile(arr, 75, axis=0)
@@ -95,7 +95,7 @@ def curves(path: Path, groups: dict, which: str, band: str, ylabel: str, title: 
     save_fig(fig, path)
 
 
-class _quiet:
+class quiet_warnings:
     """Silence numpy's "mean of empty slice" warnings in figures."""
 
     def __enter__(self):
@@ -132,12 +132,12 @@ def silo_sizes(path: Path, groups: dict, notes: list[str]) -> bool:
             arr = np.full((len(mats), T, n), np.nan)
             for i, m in enumerate(mats):
                 arr[i, :m.shape[0], :m.shape[1]] = m
-            with _quiet():
+            with quiet_warnings():
                 per_group[key] = (np.nanmean(arr, axis=0), len(mats))
     if not per_group:
         notes.append("silo_sizes.png not written: no agents.csv or agents.parquet in the runs (output.agents=false)")
         return False
-    fig, axes, where = _panel_grid(list(per_group))
+    fig, axes, where = panel_grid(list(per_group))
     widest = max(per_group, key=lambda key: per_group[key][0].shape[1])
     legend = None
     for key, (mean, runs) in per_group.items():
