@@ -38,7 +38,8 @@ def _encode(value, tensors: dict, where: str):
     """value -> JSON-able structure; its tensors and bytes go into `tensors` under numbered names."""
     if isinstance(value, torch.Tensor):
         name = str(len(tensors))
-        tensors[name] = value.detach().to("cpu").clone().contiguous()  # clone: safetensors refuses shared storage
+        # one copy, on the CPU, owning its storage: safetensors refuses tensors that share one
+        tensors[name] = value.detach().to("cpu", copy=True).contiguous()
         return {"$tensor": name}
     if isinstance(value, bytes):
         name = str(len(tensors))
