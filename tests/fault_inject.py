@@ -9,8 +9,9 @@ injected at tensorsim's own seams, as named in TENSORSIM_FAULTS (JSON):
   enospc_write: n      checkpoint write number n writes half its bytes, then fails with ENOSPC
   enospc_table: [name, bytes]  the table `name` (e.g. agents.csv) fails with ENOSPC once it would pass
                        `bytes` bytes in this process (what fits is written first, as a full disk does)
-  requeue_handler: path  before the run, bind a Python handler to the requeue signal, as submitit does in
-                       a job: it records the checkpoint's step (read from disk) in `path` and exits 255
+  submitit_job: folder  before the run, do what submitit does when a job of hydra-submitit-launcher's
+                       local executor starts: bind submitit's own SignalHandler for this command line
+                       (its USR2 handler checkpoints the submission into `folder` and requeues: exit 144)
 """
 import errno
 import json
@@ -24,7 +25,6 @@ from pathlib import Path
 import tensorsim.checkpoint as checkpoint
 import tensorsim.outputs as outputs
 import tensorsim.run as run
-from tensorsim.preempt import requeue_signal
 
 FAULTS = json.loads(os.environ.get("TENSORSIM_FAULTS", "{}"))
 
@@ -106,21 +106,27 @@ def wrap_open_table(real):
     return open_table
 
 
-def install_requeue_handler(path: str) -> None:
-    def requeue(signum, frame):
-        data = (Path(os.environ["RUN_DIR"]) / checkpoint.CHECKPOINT).read_bytes()
-        Path(path).write_text(json.dumps({"signal": signal.Signals(signum).name, "t": checkpoint.loads(data)["t"]}))
-        sys.exit(-1)  # as submitit's handler does after `scontrol requeue`
+def install_submitit_job(folder: str) -> None:
+    """submitit.core.submission.process_job's signal set-up for a job whose submission is
+    hydra-submitit-launcher's LocalLauncher called with this command's overrides."""
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
+    from submitit.core.utils import DelayedSubmission, JobPaths
+    from submitit.local.local import LocalJobEnvironment
 
-    signal.signal(requeue_signal(), requeue)
+    os.environ.update(SUBMITIT_LOCAL_JOB_ID="4242", SUBMITIT_LOCAL_NTASKS="1", SUBMITIT_LOCAL_JOB_NUM_NODES="1",
+                      SUBMITIT_LOCAL_NODEID="0", SUBMITIT_LOCAL_GLOBALID="0", SUBMITIT_LOCAL_LOCALID="0")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    delayed = DelayedSubmission(LocalLauncher(timeout_min=60), sys.argv[1:], "hydra.sweep.dir", 0, "4242", {})
+    delayed.set_timeout(60, 3)
+    LocalJobEnvironment()._handle_signals(JobPaths(folder, job_id="4242"), delayed)
 
 
 run.kind_module = wrap_kind_module(run.kind_module)
 checkpoint.write_bytes_durably = wrap_checkpoint_write(checkpoint.write_bytes_durably)
 if FAULTS.get("enospc_table"):
     outputs.open_table = wrap_open_table(outputs.open_table)
-if FAULTS.get("requeue_handler"):
-    install_requeue_handler(FAULTS["requeue_handler"])
+if FAULTS.get("submitit_job"):
+    install_submitit_job(FAULTS["submitit_job"])
 
 if __name__ == "__main__":
     sys.argv = ["tensorsim"] + sys.argv[1:]

@@ -269,16 +269,24 @@ def test_a_resume_command_that_contradicts_the_run_is_refused(tmp_path):
                                                         "hydra.run.dir=x"])
 
 
-def test_under_a_job_manager_the_signal_hands_over_and_the_rerun_resumes(tmp_path, whole):
-    """submitit's seam: the handler it binds to its requeue signal runs after the checkpoint is on disk; the
-    job it requeues reruns the submitted command (no resume=true) and continues the run."""
-    d, called = tmp_path / "run", tmp_path / "requeue.json"
-    r, first = cli(d, faults={"signal": ["USR1", 4], "requeue_handler": str(called)})
-    assert r.returncode == 255, r.stderr[-2000:]  # submitit's handler exited
-    assert json.loads(called.read_text()) == {"signal": "SIGUSR2", "t": 5}
-    r, second = cli(d, env={"SLURM_RESTART_COUNT": "1"})  # the requeued job: same command line
+def test_under_submitit_the_signal_requeues_and_the_rerun_resumes(tmp_path, whole):
+    """submitit's own SignalHandler, bound as in a job of the local executor: after the checkpoint the run
+    hands over to it, it dumps the resubmission (hydra-submitit-launcher's checkpoint(): the same command
+    line) and requeues (exit 144); the rerun, without resume=true, continues the run."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
+    from submitit.core.utils import DelayedSubmission
+    from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
+
+    d, folder = tmp_path / "run", tmp_path / "submitit"
+    r, first = cli(d, faults={"signal": ["USR1", 4], "submitit_job": str(folder)})
+    assert r.returncode == LOCAL_REQUEUE_RETURN_CODE, r.stderr[-2000:]
+    assert checkpoint.loads((d / checkpoint.CHECKPOINT).read_bytes())["t"] == 5
+    resubmission = DelayedSubmission.load(folder / "4242_submitted.pkl")
+    assert type(resubmission.function).__name__ == "LocalLauncher" and "resume=true" not in resubmission.args[0]
+    assert resubmission.args[0][:len(RUN)] == RUN
+    r, second = cli(d, env={"SUBMITIT_EXECUTOR": "local"})  # what the requeued job runs
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "requeued job (SLURM_RESTART_COUNT=1): resuming" in r.stderr
+    assert "requeued job (SUBMITIT_EXECUTOR=local): resuming" in r.stderr
     assert_same_outputs(d, whole)
     assert record("SIGUSR1 in step 4 under submitit, requeued", [first, second], "requeued; resumes by itself") == 0
 
