@@ -391,3 +391,30 @@ def test_agent_state_that_does_not_fit_is_refused():
         checkpoint.check_state_matches(built, dict(grown, w=torch.zeros(1, 8, 8, dtype=torch.float64)))
     with pytest.raises(UserError, match=r"agents.opt lacks \['lr'\]"):
         checkpoint.check_state_matches(built, dict(grown, opt={}))
+
+
+def test_rewind_after_the_tables_were_renamed_into_place(tmp_path):
+    """A disk that fills after a cell was completed (a later cell, or the run's summary.json): its tables go
+    back to their .partial names, cut to the checkpoint, and its summary.json is removed."""
+    from tensorsim.outputs import SUMMARY, CellWriter
+
+    w = CellWriter(tmp_path, [0], [0], ["a", "b"], None, transcript=False)
+    labels, partner, mirrored = torch.tensor([[0, 1]]), torch.tensor([[1, 0]]), torch.tensor([[0, 1]])
+
+    def step(t):
+        w.write_step(t, labels, partner, mirrored, None if t == 0 else torch.ones(1), torch.zeros(1),
+                     torch.ones(1, dtype=torch.int64), None, None, 2)
+
+    step(0)
+    offsets = w.tell()  # the checkpoint
+    step(1)
+    w.close({"complete": True})
+    assert (tmp_path / "agents.csv").exists() and (tmp_path / SUMMARY).exists()
+    w.rewind(offsets)
+    assert not (tmp_path / SUMMARY).exists() and not (tmp_path / "agents.csv").exists()
+    for name, size in offsets.items():
+        assert (tmp_path / (name + ".partial")).stat().st_size == size
+    w = CellWriter(tmp_path, [0], [0], ["a", "b"], None, transcript=False, offsets=offsets)  # resume
+    step(1)
+    w.close({"complete": True})
+    assert [line.split(",")[1] for line in (tmp_path / "metrics.csv").read_text().splitlines()] == ["t", "0", "1"]
