@@ -33,20 +33,26 @@ def launcher_threads(cfg: DictConfig, hc) -> int | None:
     return int(cpus) if isinstance(cpus, int) and cpus >= 1 else None
 
 
+def resume_requeued_job(cfg: DictConfig, run_dir: str) -> None:
+    """A scheduler's rerun of a job runs the command it was submitted with: set resume=true when its run
+    directory holds an incomplete run with a checkpoint, so it continues instead of starting over."""
+    from .checkpoint import resumes_by_itself
+
+    reason = None if cfg.get("resume") else resumes_by_itself(Path(run_dir), os.environ)
+    if reason:
+        print(f"[tensorsim] requeued job ({reason}): resuming {run_dir} from its checkpoint", file=sys.stderr)
+        with open_dict(cfg):
+            cfg.resume = True
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from .checkpoint import resumes_by_itself
     from .outputs import is_disk_full
     from .run import simulate
 
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
-    if not cfg.get("resume"):
-        reason = resumes_by_itself(Path(run_dir), os.environ)
-        if reason:  # the scheduler reran the submitted command: continue instead of starting over
-            print(f"[tensorsim] requeued job ({reason}): resuming {run_dir} from its checkpoint", file=sys.stderr)
-            with open_dict(cfg):
-                cfg.resume = True
+    resume_requeued_job(cfg, run_dir)
     threads = launcher_threads(cfg, hc)
     if threads is not None:
         with open_dict(cfg):

@@ -43,7 +43,8 @@ def _encode(value, tensors: dict, where: str):
         return {"$tensor": name}
     if isinstance(value, bytes):
         name = str(len(tensors))
-        tensors[name] = torch.frombuffer(bytearray(value), dtype=torch.uint8) if value else torch.empty(0, dtype=torch.uint8)
+        empty = torch.empty(0, dtype=torch.uint8)  # frombuffer refuses an empty buffer
+        tensors[name] = torch.frombuffer(bytearray(value), dtype=torch.uint8) if value else empty
         return {"$bytes": name}
     if value is None or isinstance(value, (bool, int, str)):
         return value

@@ -4,9 +4,10 @@ SLURM sends SIGTERM when it preempts a job (and SIGKILL after the partition's Gr
 `--signal=SIG@seconds` that long before the time limit; submitit binds its own requeue signal
 (SUBMITIT_PREEMPT_SIGNAL, USR2 unless set) to "checkpoint the submission and requeue the job". While a run
 steps, all of these only set a flag: the step in progress finishes, the run writes a checkpoint, and then
-either hands over to the handler a job manager installed before it (submitit: requeue, with resume=true
-added by tensorsim.launcher) or stops with exit status 5 and the resume command. A handler that only sets a
-flag cannot interrupt a checkpoint write, so a second signal during it changes nothing.
+either hands over to the handler a job manager installed before it (submitit: requeue; the requeued job
+sees its checkpoint and resumes, tensorsim.checkpoint.resumes_by_itself) or stops with exit status 5 and
+the resume command. A handler that only sets a flag cannot interrupt a checkpoint write, so a second
+signal during it changes nothing.
 """
 from __future__ import annotations
 
@@ -63,8 +64,8 @@ class StopRequests:
         return handler if callable(handler) else None
 
     def hand_over(self) -> None:
-        """After the checkpoint is written: let the job manager requeue the job. submitit's handler
-        dumps the resubmission that tensorsim.launcher made resume, runs `scontrol requeue` and exits."""
+        """After the checkpoint is written: let the job manager requeue the job. submitit's handler dumps
+        the job's submission again, runs `scontrol requeue` (the local executor: exit 144) and exits."""
         handler = self.job_manager()
         if handler is None:
             return
