@@ -2,8 +2,10 @@
 started with.
 
 A checkpoint is one safetensors file: every tensor of the state under a numbered name, and the rest of the
-state (nested dicts and lists of str, int, float, bool, None and bytes) as JSON in the uint8 tensor
-STRUCTURE, where a tensor stands as {"$tensor": name} and bytes as {"$bytes": name}. Reading it runs no
+state (nested dicts, lists and tuples of str, int, float, bool, None and bytes) as JSON in the uint8 tensor
+STRUCTURE, where a tensor stands as {"$tensor": name}, bytes as {"$bytes": name}, a tuple as {"$tuple":
+[...]}, a non-finite float as {"$float": "nan"} and a dict with int keys (torch optimizers' state_dict) as
+{"$items": [[key, value], ...]}; a str key that starts with "$" gets one more "$". Reading it runs no
 code (no pickle), so a checkpoint copied from someone else can at worst be refused. Anything else in a
 state is a TypeError at save time: an agent kind's state_dict() must stay within these types.
 """
@@ -50,17 +52,22 @@ def _encode(value, tensors: dict, where: str):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": repr(value)}  # JSON has no nan/inf
-    if isinstance(value, list):
-        return [_encode(v, tensors, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (list, tuple)):
+        items = [_encode(v, tensors, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else {"$tuple": items}
     if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"checkpoint state {where}: key {k!r} is not a str")
-            out["$" + k if k.startswith("$") else k] = _encode(v, tensors, f"{where}.{k}")  # "$" keys are escaped
-        return out
+        return _encode_dict(value, tensors, where)
     raise TypeError(f"checkpoint state {where}: {type(value).__name__} is not allowed (tensors, dicts with str "
-                    f"keys, lists, str, int, float, bool, None and bytes only)")
+                    f"or int keys, lists, tuples, str, int, float, bool, None and bytes only)")
+
+
+def _encode_dict(value: dict, tensors: dict, where: str):
+    bad = [k for k in value if not isinstance(k, (str, int)) or isinstance(k, bool)]
+    if bad:
+        raise TypeError(f"checkpoint state {where}: key {bad[0]!r} is not a str or an int")
+    if all(isinstance(k, str) for k in value):
+        return {("$" + k if k.startswith("$") else k): _encode(v, tensors, f"{where}.{k}") for k, v in value.items()}
+    return {"$items": [[k, _encode(v, tensors, f"{where}.{k}")] for k, v in value.items()]}
 
 
 def _decode(node, tensors: dict):
@@ -76,6 +83,10 @@ def _decode(node, tensors: dict):
             return tensors[ref].numpy().tobytes()
         if key == "$float":
             return float(ref)
+        if key == "$tuple":
+            return tuple(_decode(v, tensors) for v in ref)
+        if key == "$items":
+            return {k: _decode(v, tensors) for k, v in ref}
     return {(k[1:] if k.startswith("$") else k): _decode(v, tensors) for k, v in node.items()}
 
 

@@ -309,7 +309,8 @@ def test_checkpoint_format_round_trips_any_plain_state():
         "adapters": {"layers.0.lora_A": torch.randn(4, 2), "optimizer": {"step": 7, "exp_avg": [torch.ones(2)]}},
         "texts": ["The prettiest flower is the rose.", "ü ✿ \n\"quoted\"", ""],
         "plain": [1, 2.5, -0.0, float("nan"), float("inf"), True, None, "s", [], {}, 2**70],
-        "$tensor": "a key that looks like a marker", "raw": b"\x00\xffyaml", "no bytes": b"",
+        "$tensor": "a key that looks like a marker", "$items": [1], "raw": b"\x00\xffyaml", "no bytes": b"",
+        "by_int": {0: "a", 7: [torch.ones(1)]}, "pair": (1, "x", None),
     }
     back = checkpoint.loads(checkpoint.dumps(state))
     assert set(back) == set(state)
@@ -319,7 +320,9 @@ def test_checkpoint_format_round_trips_any_plain_state():
     assert back["adapters"]["optimizer"]["step"] == 7 and torch.equal(back["adapters"]["optimizer"]["exp_avg"][0],
                                                                        torch.ones(2))
     assert back["texts"] == state["texts"] and back["raw"] == state["raw"] and back["no bytes"] == b""
-    assert back["$tensor"] == state["$tensor"]
+    assert back["$tensor"] == state["$tensor"] and back["$items"] == [1] and back["pair"] == (1, "x", None)
+    assert set(back["by_int"]) == {0, 7} and back["by_int"][0] == "a"
+    assert torch.equal(back["by_int"][7][0], torch.ones(1))
     p = back["plain"]
     assert p[:3] == [1, 2.5, -0.0] and str(p[2]) == "-0.0" and p[3] != p[3] and p[4] == float("inf")
     assert p[5:] == [True, None, "s", [], {}, 2**70] and p[5] is True
@@ -335,9 +338,33 @@ def test_checkpoint_format_round_trips_an_llm_state():
         assert back[key].dtype == state[key].dtype and torch.equal(back[key], state[key])
 
 
-@pytest.mark.parametrize("bad", [{"t": (1, 2)}, {1: 2}, {"x": {1.5}}, {"x": object()}])
+def test_checkpoint_format_round_trips_an_optimizer_state():
+    """What LoRA agents will hold: adapters and torch.optim.AdamW's state_dict (int keys, tuple betas). The
+    restored optimizer takes the same next step, bit for bit."""
+    torch.manual_seed(0)
+    lora = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(lora.parameters(), lr=0.1)
+    lora(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    state = {"adapters": {k: v.clone() for k, v in lora.state_dict().items()}, "optimizer": opt.state_dict()}
+    back = checkpoint.loads(checkpoint.dumps(state))
+    assert back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert set(back["optimizer"]["state"]) == {0, 1}
+    twin = torch.nn.Linear(4, 2)
+    twin.load_state_dict(back["adapters"])
+    twin_opt = torch.optim.AdamW(twin.parameters(), lr=0.1)
+    twin_opt.load_state_dict(back["optimizer"])
+    x = torch.randn(3, 4)
+    for model, o in ((lora, opt), (twin, twin_opt)):
+        o.zero_grad()
+        model(x).sum().backward()
+        o.step()
+    assert all(torch.equal(a, b) for a, b in zip(lora.parameters(), twin.parameters()))
+
+
+@pytest.mark.parametrize("bad", [{True: 2}, {(1, 2): 3}, {"x": {1.5}}, {"x": object()}])
 def test_only_plain_types_can_be_saved(bad):
-    with pytest.raises(TypeError, match="not allowed|not a str"):
+    with pytest.raises(TypeError, match="not allowed|not a str or an int"):
         checkpoint.dumps(bad)
 
 
