@@ -240,6 +240,8 @@ def check_same_run(run_dir: Path, stored: dict, cfg, overrides: list[str] | None
             own = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise UserError(f"cannot resume: {path} is unreadable ({e})") from None
+        if not isinstance(own, dict):
+            raise UserError(f"cannot resume: {path} holds a {type(own).__name__}, not the run's config")
         diffs = _differences(_comparable(stored), _comparable(own))
         if diffs:
             raise UserError(f"cannot resume: {run_dir / CHECKPOINT} is from another run: "
