@@ -19,6 +19,7 @@ segments' row groups are copied into the one final file (byte-identical to an un
 from __future__ import annotations
 
 import csv
+import errno
 import importlib.util
 import json
 import os
@@ -63,6 +64,27 @@ def table_path(directory: Path, name: str) -> Path | None:
 def tmp_path(path: Path) -> Path:
     """Where a file is written before it is renamed into place (hidden, so a listing never shows half a file)."""
     return path.with_name(f".{path.name}.tmp")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """A write failed because the file system (or the user's quota) has no room left."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def open_table(path: Path, mode: str):
+    """Every CSV/JSON Lines table is opened here (one place for tests to make writes fail)."""
+    return open(path, mode, encoding="utf-8", newline="")
+
+
+def write_bytes_durably(path: Path, data: bytes) -> None:
+    """Write data to path and fsync it, so that a rename after it never publishes a file whose bytes are
+    still only in the page cache (a node that loses power would leave an empty or torn file)."""
+    with open(path, "wb") as f:
+        view = memoryview(data)
+        while view:
+            view = view[f.write(view):]
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -113,9 +135,9 @@ class CellWriter:
     def _open_raw(self, name):
         path = self.dir / (name + ".partial")
         if self.offsets is None:
-            f = open(path, "w", encoding="utf-8", newline="")
+            f = open_table(path, "w")
         else:
-            f = open(path, "r+", encoding="utf-8", newline="")
+            f = open_table(path, "r+")
             f.truncate(self.offsets[name])  # rows written after the checkpoint are redone
             f.seek(self.offsets[name])
         self._files[name] = f
@@ -157,6 +179,25 @@ class CellWriter:
             f.close()
             os.replace(self.dir / (name + ".partial"), self.dir / name)
         write_json_atomic(self.dir / SUMMARY, summary)
+
+    def cleanup(self) -> None:
+        """Nothing is kept for a rewind once the run is complete (CSV tables are renamed, not copied)."""
+
+    def rewind(self, offsets: dict[str, int] | None) -> None:
+        """After a failed write (a full disk): cut every table back to its size at the last checkpoint
+        (offsets; None: no checkpoint yet, tables left as they are) under its .partial name, and drop the
+        cell's summary, so that resume=true continues from that checkpoint."""
+        (self.dir / SUMMARY).unlink(missing_ok=True)
+        for name, f in self._files.items():
+            try:
+                f.close()
+            except OSError:  # its buffer could not be flushed: those rows are cut below anyway
+                pass
+            partial, final = self.dir / (name + ".partial"), self.dir / name
+            if final.exists() and not partial.exists():  # renamed into place before the failure
+                os.replace(final, partial)
+            if offsets is not None and partial.exists():
+                os.truncate(partial, offsets[name])
 
 
 class ParquetTable:
@@ -216,17 +257,38 @@ class ParquetTable:
         """Row groups are written whole; a segment becomes readable at the next checkpoint."""
 
     def close(self) -> None:
-        """Copy every segment's row groups, in order, into path (through a temporary file), drop the segments."""
+        """Copy every segment's row groups, in order, into path (through a temporary file). The segments
+        stay until cleanup(), so that a failure before the run completes can still rewind to them."""
         self.tell()
         tmp = tmp_path(self.path)
-        with self.pq.ParquetWriter(tmp, self.schema) as out:
-            for seg in self._segments():
-                f = self.pq.ParquetFile(seg)
-                for i in range(f.num_row_groups):
-                    group = f.read_row_group(i)
-                    out.write_table(group, row_group_size=max(1, group.num_rows))
+        try:
+            with self.pq.ParquetWriter(tmp, self.schema) as out:
+                for seg in self._segments():
+                    f = self.pq.ParquetFile(seg)
+                    for i in range(f.num_row_groups):
+                        group = f.read_row_group(i)
+                        out.write_table(group, row_group_size=max(1, group.num_rows))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, self.path)
-        shutil.rmtree(self.partial)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+    def rewind(self, segments: int | None) -> None:
+        """After a failed write: drop the joined file and the segments after the last checkpoint's."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except OSError:
+                pass
+            self.writer = None
+        self.path.unlink(missing_ok=True)
+        tmp_path(self.path).unlink(missing_ok=True)
+        if segments is not None:
+            for seg in self._segments()[segments:]:
+                seg.unlink()
 
 
 def _schemas(kp: bool, names_type):
@@ -303,6 +365,15 @@ class ParquetCellWriter:
         for table in self._tables.values():
             table.close()
         write_json_atomic(self.dir / SUMMARY, summary)
+
+    def cleanup(self) -> None:
+        for table in self._tables.values():
+            table.cleanup()
+
+    def rewind(self, offsets: dict[str, int] | None) -> None:
+        (self.dir / SUMMARY).unlink(missing_ok=True)
+        for name, table in self._tables.items():
+            table.rewind(offsets[name] if offsets is not None else None)
 
 
 def _remove_other_format(directory: Path, fmt: str) -> None:

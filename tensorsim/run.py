@@ -10,14 +10,17 @@ from tqdm import tqdm
 
 from .agents import kind_module
 from .analysis.plots import write_plots
-from .checkpoint import CHECKPOINT, hydra_record, load_checkpoint, restore_hydra_record, resumed_config, save_checkpoint
+from .checkpoint import (check_same_run, check_state_matches, hydra_record, load_checkpoint, record_run_config,
+                         remove_checkpoints, restore_hydra_record, resumed_config, save_checkpoint)
 from .config import validate
 from .core import metrics
 from .core.memory import keep_freed_memory
 from .core.patterns import PatternRules, last_change_step, run_pattern, silo_patterns
 from .core.populations import build_populations
 from .lm.models import resolve_device, resolve_dtype
-from .outputs import SUMMARY, make_cell_writers, refuse_completed, resolve_format, write_json_atomic
+from .errors import DiskFullError, Preempted, UserError
+from .outputs import SUMMARY, is_disk_full, make_cell_writers, refuse_completed, resolve_format, write_json_atomic
+from .preempt import StopRequests
 
 
 def protocol_summary(protocol: dict[str, torch.Tensor], members) -> dict:
@@ -29,14 +32,22 @@ def protocol_summary(protocol: dict[str, torch.Tensor], members) -> dict:
     return out
 
 
-def simulate(cfg, run_dir: str | Path, hydra_subdir: str | None = ".hydra") -> dict:
+def simulate(cfg, run_dir: str | Path, hydra_subdir: str | None = ".hydra", overrides: list[str] | None = None) -> dict:
     """Run the configured trial into run_dir and return the top-level summary. With resume=true, continue
     the run in run_dir from its last checkpoint, with the config it started with (and the run's own
-    Hydra files in run_dir/<hydra_subdir>: the resume command's go to <hydra_subdir>/resume/)."""
-    run_dir = Path(run_dir)
+    Hydra files in run_dir/<hydra_subdir>: the resume command's go to <hydra_subdir>/resume/); overrides:
+    the command line's, which a resumed run must not contradict.
+    Raises Preempted after a stop signal (a checkpoint of the last finished step is written first) and
+    DiskFullError when a write finds no room (tables cut back to the last checkpoint)."""
+    with StopRequests() as stop:  # from the start: a signal while a model loads still ends in a checkpoint
+        return _simulate(cfg, Path(run_dir), hydra_subdir, overrides, stop)
+
+
+def _simulate(cfg, run_dir: Path, hydra_subdir: str | None, overrides: list[str] | None, stop: StopRequests) -> dict:
     ckpt = None
     if cfg.get("resume"):
         ckpt = load_checkpoint(run_dir)
+        check_same_run(run_dir, ckpt["config"], cfg, overrides)
         cfg = resumed_config(ckpt["config"], cfg)
         hydra_files = ckpt.get("hydra_files", {})
         restore_hydra_record(run_dir, hydra_subdir, hydra_files)
@@ -48,6 +59,7 @@ def simulate(cfg, run_dir: str | Path, hydra_subdir: str | None = ".hydra") -> d
         torch.set_num_threads(int(cfg.threads))
     if ckpt is None:
         refuse_completed(run_dir, bool(cfg.overwrite))
+        remove_checkpoints(run_dir)  # an earlier run's checkpoint must never be resumed over these tables
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     pops = build_populations(cfg.trial.k, cfg.trial.p, cfg.trial.replicas, cfg.seed)
@@ -67,6 +79,7 @@ def simulate(cfg, run_dir: str | Path, hydra_subdir: str | None = ".hydra") -> d
     t0, elapsed_before = 0, 0.0
     if ckpt is not None:
         t0 = ckpt["t"]
+        check_resumable(ckpt, agents.state_dict(), (B, n), T)
         history[:t0], S[:t0], E[:t0], silos[:t0] = ckpt["history"], ckpt["S"], ckpt["E"], ckpt["silos"]
         new_tokens, generations, elapsed_before = ckpt["new_tokens"], ckpt["generations"], ckpt["elapsed"]
         protocol = ckpt.get("protocol", {})
@@ -77,45 +90,97 @@ def simulate(cfg, run_dir: str | Path, hydra_subdir: str | None = ".hydra") -> d
     writers = make_cell_writers(run_dir, pops, names, transcript, bool(cfg.output.agents),
                                 ckpt["offsets"] if ckpt else None, fmt)
     config_container = ckpt["config"] if ckpt else OmegaConf.to_container(cfg, resolve=True)
+    if ckpt is None:
+        record_run_config(run_dir, config_container)
 
     start = time.perf_counter() - elapsed_before
     bar = tqdm(range(t0, T), desc=f"{cfg.trial.name} n={n} B={B}", unit="step", dynamic_ncols=True,
                initial=t0, total=T)
-    for t in bar:
-        rec = agents.step(t)
-        history[t] = rec.labels
-        E[t] = metrics.entropy(rec.labels, L)
-        silos[t] = metrics.n_silos(rec.labels, L)
-        if t > 0:
-            S[t] = metrics.stability(history[t - 1], rec.labels)
-        for w in writers:
-            w.write_step(t, rec.labels, rec.partner, rec.mirrored, S[t] if t > 0 else None, E[t], silos[t],
-                         rec.contexts, rec.responses, n)
-            w.flush()
-        new_tokens += rec.new_tokens
-        generations += rec.generations
-        for key, v in (rec.protocol or {}).items():
-            protocol[key] = protocol.get(key, 0) + v
-        elapsed = time.perf_counter() - start
-        if t == t0 and T - t0 > 1:
-            eta = (elapsed - elapsed_before) * (T - t0 - 1)
-            tqdm.write(f"[tensorsim] step {t} took {elapsed - elapsed_before:.1f}s: ETA {eta / 60:.1f} min for the "
-                       f"remaining {T - t0 - 1} steps ({B * n} agents per step)")
-        if every and (t + 1) % every == 0 and t + 1 < T:
-            save_checkpoint(run_dir, {
-                "t": t + 1, "config": config_container, "agents": agents.state_dict(),
-                "history": history[:t + 1].clone(), "S": S[:t + 1].clone(), "E": E[:t + 1].clone(),
-                "silos": silos[:t + 1].clone(), "new_tokens": new_tokens, "generations": generations,
-                "protocol": {key: v.clone() for key, v in protocol.items()},
-                "elapsed": elapsed, "offsets": [w.tell() for w in writers], "hydra_files": hydra_files})
-        post = {"silos": f"{silos[t].double().mean():.1f}", "E": f"{E[t].mean():.2f}"}
-        if t > 0:
-            post["S"] = f"{S[t].mean():.2f}"
-        if new_tokens:
-            post["tok/s"] = f"{new_tokens / elapsed:.0f}"
-        bar.set_postfix(post)
-    wall = time.perf_counter() - start
+    saved = {"t": t0 if ckpt else None, "offsets": ckpt["offsets"] if ckpt else None}  # the last good checkpoint
 
+    def save(t_next: int, elapsed: float) -> None:
+        phase[0] = f"while writing the checkpoint at step {t_next}"
+        offsets = [w.tell() for w in writers]
+        save_checkpoint(run_dir, {
+            "t": t_next, "config": config_container, "agents": agents.state_dict(),
+            "history": history[:t_next].clone(), "S": S[:t_next].clone(), "E": E[:t_next].clone(),
+            "silos": silos[:t_next].clone(), "new_tokens": new_tokens, "generations": generations,
+            "protocol": {key: v.clone() for key, v in protocol.items()},
+            "elapsed": float(elapsed), "offsets": offsets, "hydra_files": hydra_files})
+        saved.update(t=t_next, offsets=offsets)
+
+    phase = [""]  # what was being written, for the disk-full message
+    try:
+        for t in bar:
+            phase[0] = f"in step {t}"
+            rec = agents.step(t)
+            history[t] = rec.labels
+            E[t] = metrics.entropy(rec.labels, L)
+            silos[t] = metrics.n_silos(rec.labels, L)
+            if t > 0:
+                S[t] = metrics.stability(history[t - 1], rec.labels)
+            for w in writers:
+                w.write_step(t, rec.labels, rec.partner, rec.mirrored, S[t] if t > 0 else None, E[t], silos[t],
+                             rec.contexts, rec.responses, n)
+                w.flush()
+            new_tokens += rec.new_tokens
+            generations += rec.generations
+            for key, v in (rec.protocol or {}).items():
+                protocol[key] = protocol.get(key, 0) + v
+            elapsed = time.perf_counter() - start
+            if t == t0 and T - t0 > 1:
+                eta = (elapsed - elapsed_before) * (T - t0 - 1)
+                tqdm.write(f"[tensorsim] step {t} took {elapsed - elapsed_before:.1f}s: ETA {eta / 60:.1f} min for "
+                           f"the remaining {T - t0 - 1} steps ({B * n} agents per step)")
+            due = every and (t + 1) % every == 0
+            if t + 1 < T and (due or stop.requested):  # a stop signal: checkpoint this step at once
+                save(t + 1, elapsed)
+            if stop.requested and t + 1 < T:
+                bar.close()
+                tqdm.write(f"[tensorsim] {stop.name}: checkpoint written after step {t}")
+                stop.hand_over()  # a job manager (submitit) requeues the job and exits here
+                raise Preempted(stop.name, t + 1, run_dir)
+            post = {"silos": f"{silos[t].double().mean():.1f}", "E": f"{E[t].mean():.2f}"}
+            if t > 0:
+                post["S"] = f"{S[t].mean():.2f}"
+            if new_tokens:
+                post["tok/s"] = f"{new_tokens / elapsed:.0f}"
+            bar.set_postfix(post)
+        wall = time.perf_counter() - start
+        phase[0] = "while writing the final outputs"
+        return finish(cfg, run_dir, writers, pops, names, history, S, E, silos, protocol, rules, fmt,
+                      dict(config=config_container, models=used, device=str(device), wall=wall,
+                           new_tokens=new_tokens, generations=generations))
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        for w, offsets in zip(writers, saved["offsets"] or [None] * len(writers)):
+            w.rewind(offsets)
+        kept = (f"tables cut back to the checkpoint at step {saved['t']}" if saved["t"] is not None
+                else "no checkpoint yet: run it again, without resume=true, once space is freed")
+        raise DiskFullError(f"no space left on the device ({e.strerror or e}) {phase[0]}; {kept}",
+                            resumable=saved["t"] is not None) from None
+
+
+def check_resumable(ckpt: dict, built_state: dict, shape: tuple[int, int], steps: int) -> None:
+    """The checkpoint's arrays fit this run: B x n populations, at most `steps` steps, and agent state of
+    the entries, shapes and dtypes the agents of this config hold."""
+    got = tuple(ckpt["history"].shape[1:])
+    if got != shape:
+        raise UserError(f"cannot resume: the checkpoint holds B x n = {got[0] if got else '?'} x "
+                        f"{got[1] if len(got) > 1 else '?'} agents, this run {shape[0]} x {shape[1]}")
+    if not 0 < ckpt["t"] < steps:
+        raise UserError(f"cannot resume: the checkpoint is at step {ckpt['t']}, outside this run's 1..{steps - 1}")
+    check_state_matches(built_state, ckpt["agents"])
+
+
+def finish(cfg, run_dir: Path, writers, pops, names, history, S, E, silos, protocol, rules, fmt, run: dict) -> dict:
+    """Summaries, plots and the final tables of every cell, then the run's summary.json (written last: it
+    marks the run complete); -> the top-level summary."""
+    n, T, B = cfg.trial.n, cfg.trial.steps, pops.B
+    wall = run["wall"]
+    new_tokens, generations, config_container, used, device = (run["new_tokens"], run["generations"], run["config"],
+                                                              run["models"], run["device"])
     common = {
         "config": config_container,
         "models": used, "device": str(device), "n": n, "steps": T,
@@ -158,5 +223,7 @@ def simulate(cfg, run_dir: str | Path, hydra_subdir: str | None = ".hydra") -> d
     if len(writers) > 1:
         result = dict(common, cells=cell_summaries)
         write_json_atomic(run_dir / SUMMARY, result)
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # complete: summary.json marks it, no resume needed
+    for w in writers:
+        w.cleanup()
+    remove_checkpoints(run_dir)  # complete: summary.json marks it, no resume needed
     return result

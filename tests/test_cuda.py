@@ -8,6 +8,7 @@ import torch
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
+from tensorsim import checkpoint
 from tensorsim.agents.llm import LLMAgents
 from tensorsim.lm.llama import FastLlama, GraphedDecode
 
@@ -83,7 +84,7 @@ def test_a_cuda_run_resumes_on_the_cpu(tiny_models, tmp_path, monkeypatch):
     with pytest.raises(Preempted):
         run.simulate(cfg, tmp_path)
     monkeypatch.setattr(LLMAgents, "step", real)
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)  # as saved: no CUDA tensor inside
+    ckpt = checkpoint.loads((tmp_path / checkpoint.CHECKPOINT).read_bytes())  # no CUDA tensor inside
     flat = [v for v in ckpt["agents"].values() if isinstance(v, torch.Tensor)]
     assert ckpt["t"] == 2 and flat and all(t.device.type == "cpu" for t in flat)
     summary = run.simulate(_cfg(tiny_models, "resume=true", "device=cpu"), tmp_path)

@@ -7,6 +7,7 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from simdevice import SIM, devices_of, sim_device
 
+from tensorsim import checkpoint
 from tensorsim.agents.llm import LLMAgents
 from tensorsim.core.labels import CentroidLabeler
 from tensorsim.core.populations import build_populations
@@ -149,7 +150,7 @@ def test_a_device_run_resumes_on_the_cpu(tiny_models, tmp_path, monkeypatch):
     with sim_device(), pytest.raises(Preempted):
         run.simulate(cfg, tmp_path)
     monkeypatch.setattr(LLMAgents, "step", real)
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)  # no map_location: as saved
+    ckpt = checkpoint.loads((tmp_path / checkpoint.CHECKPOINT).read_bytes())  # as saved: CPU tensors only
     assert ckpt["t"] == 2 and devices_of(ckpt) == {"cpu"}
     summary = run.simulate(_cfg(tiny_models, "resume=true", "device=cpu"), tmp_path)
     assert summary["complete"] and summary["device"] == "cpu" and summary["config"]["device"] == str(SIM)

@@ -24,7 +24,8 @@ ALLOWED = {
     "outputs": {"core", "errors"},
     "checkpoint": {"errors", "outputs"},
     "config": {"agents", "core", "errors", "outputs"},
-    "run": {"agents", "analysis", "checkpoint", "config", "core", "errors", "lm", "outputs"},
+    "preempt": set(),
+    "run": {"agents", "analysis", "checkpoint", "config", "core", "errors", "lm", "outputs", "preempt"},
 }
 CLI = {"__main__", "report", "analyze", "compare", "overrides"}
 

@@ -157,7 +157,7 @@ def test_kill_9_then_resume_parquet_run_is_byte_identical(tmp_path):
     assert run_crasher(args + [f"hydra.run.dir={whole}"]).returncode == 0
     r = run_crasher(args + [f"hydra.run.dir={crashed}"], crash_at=3)  # after the checkpoint at t=2
     assert r.returncode == -9
-    assert (crashed / "checkpoint.pt").exists() and not (crashed / "summary.json").exists()
+    assert (crashed / "checkpoint.safetensors").exists() and not (crashed / "summary.json").exists()
     assert (crashed / "cells" / "k2_p0.5" / "agents.parquet.partial").is_dir()
     r = run_crasher(["resume=true", f"hydra.run.dir={crashed}"])
     assert r.returncode == 0, r.stderr[-2000:]

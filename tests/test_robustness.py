@@ -26,7 +26,7 @@ def test_kill_9_then_resume_gives_identical_outputs(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "tensorsim", *RUN, f"hydra.run.dir={crashed}"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (crashed / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+    while not (crashed / "checkpoint.safetensors").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "run ended before it could be killed"
     started = {f.name: f.read_bytes() for f in (crashed / ".hydra").glob("*.yaml")}
@@ -42,7 +42,7 @@ def test_kill_9_then_resume_gives_identical_outputs(tmp_path):
     a, b = (json.loads((d / "summary.json").read_text()) for d in (whole, crashed))
     for key in ("config", "replicas", "new_tokens", "generations"):
         assert a[key] == b[key], key
-    assert not (crashed / "checkpoint.pt").exists()
+    assert not (crashed / "checkpoint.safetensors").exists()
     # .hydra/ keeps the files of the command that started the run; the resume command's go to .hydra/resume/
     assert sorted(started) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
     for name, data in started.items():
@@ -55,7 +55,7 @@ def test_kill_9_then_resume_gives_identical_outputs(tmp_path):
 
 def test_resume_without_checkpoint_is_refused(tmp_path):
     r = run_cli("resume=true", f"hydra.run.dir={tmp_path}")
-    assert r.returncode == 2 and "has no checkpoint.pt" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "has no checkpoint.safetensors" in r.stderr and "Traceback" not in r.stderr
 
 
 def _prompts(tok, count):
@@ -174,4 +174,4 @@ def test_non_finite_stops_the_run_keeping_the_checkpoint(tmp_path):
     assert r.returncode == 3, r.stderr[-2000:]
     line = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert len(line) == 1 and "step 2" in line[0] and "population(s) [0]" in line[0]
-    assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "summary.json").exists()
+    assert (tmp_path / "checkpoint.safetensors").exists() and not (tmp_path / "summary.json").exists()

@@ -84,3 +84,5 @@ def test_launcher_configs_compose(launcher, target):
     assert lc.mem_gb == 8 and lc.gpus_per_node >= 0 and lc.cpus_per_task >= 1 and lc.timeout_min > 0
     if launcher == "slurm":
         assert "partition" in lc and "array_parallelism" in lc
+        # README "Runs that survive": a time-limit signal with a lead time, and requeues after time limits
+        assert lc.signal_delay_s >= 60 and lc.max_num_timeout > 0

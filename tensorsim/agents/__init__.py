@@ -6,7 +6,10 @@ A kind's module defines
     validate(cfg)                its own config checks, one-line UserErrors, before anything loads
     build(cfg, pops, device, dtype) -> (agents, label names, {what the run used, for summary.json})
 and a class whose step(t) returns a core.step.StepRecord, with state_dict() / load_state_dict(d) for
-checkpoints. Adding a kind: that module, conf/agents/<kind>.yaml, and one line in KINDS.
+checkpoints: nested dicts (str or int keys), lists and tuples of tensors, str, int, float, bool, None and
+bytes only (tensorsim/checkpoint.py), whose tensors keep the shapes and dtypes the freshly built agents
+have (resume compares them; entries created during a run may be added).
+Adding a kind: that module, conf/agents/<kind>.yaml, and one line in KINDS.
 """
 from __future__ import annotations
 
