@@ -153,7 +153,7 @@ def load_checkpoint(run_dir: Path) -> dict:
         _check_entries(state)
     except ValueError as e:
         raise UserError(f"cannot resume from {path}: {e}. The file was left as it is: put back an intact "
-                        f"copy, or start the run again without resume=true") from None
+                        f"copy, or start the run again with overwrite=true instead of resume=true") from None
     return state
 
 
@@ -180,6 +180,14 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
         raise
     os.replace(tmp, run_dir / CHECKPOINT)
     (run_dir / LEGACY_CHECKPOINT).unlink(missing_ok=True)  # superseded; it must never be read instead
+
+
+def refuse_unfinished(run_dir: Path, overwrite: bool) -> None:
+    """A fresh run in the directory of an unfinished one would delete what resume=true continues from."""
+    found = [name for name in (CHECKPOINT, LEGACY_CHECKPOINT) if (run_dir / name).is_file()]
+    if found and not overwrite:
+        raise UserError(f"run directory {run_dir} holds an unfinished run ({found[0]}): continue it with "
+                        f"resume=true, or start it again with overwrite=true")
 
 
 def remove_checkpoints(run_dir: Path) -> None:

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from .agents import kind_module
 from .analysis.plots import write_plots
 from .checkpoint import (check_same_run, check_state_matches, hydra_record, load_checkpoint, record_run_config,
-                         remove_checkpoints, restore_hydra_record, resumed_config, save_checkpoint)
+                         refuse_unfinished, remove_checkpoints, restore_hydra_record, resumed_config, save_checkpoint)
 from .config import validate
 from .core import metrics
 from .core.memory import keep_freed_memory
@@ -59,6 +59,7 @@ def _simulate(cfg, run_dir: Path, hydra_subdir: str | None, overrides: list[str]
         torch.set_num_threads(int(cfg.threads))
     if ckpt is None:
         refuse_completed(run_dir, bool(cfg.overwrite))
+        refuse_unfinished(run_dir, bool(cfg.overwrite))
         remove_checkpoints(run_dir)  # an earlier run's checkpoint must never be resumed over these tables
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

@@ -228,9 +228,14 @@ def test_a_truncated_checkpoint_is_refused_in_one_line(tmp_path, stopped, whole)
     r, refused = cli(d, "resume=true")
     assert r.returncode == 2 and not refused
     line, = errors(r)
-    assert str(path) in line and "not a safetensors file" in line and "without resume=true" in line
+    assert str(path) in line and "not a safetensors file" in line and "with overwrite=true instead of resume=true" in line
     assert path.read_bytes() == damaged  # left as it was
-    r, second = cli(d)  # what the message says: start again
+    r, _ = cli(d)  # a fresh run never silently deletes an unfinished run's checkpoint
+    assert r.returncode == 2 and errors(r) == [f"error: run directory {d} holds an unfinished run "
+                                               f"({checkpoint.CHECKPOINT}): continue it with resume=true, or start "
+                                               f"it again with overwrite=true"]
+    assert path.read_bytes() == damaged
+    r, second = cli(d, "overwrite=true")  # what the message says: start again
     assert r.returncode == 0, r.stderr[-2000:]
     assert_same_outputs(d, whole)
     assert record("truncated checkpoint", [first, second], "no intact checkpoint: the run starts again") == 5
