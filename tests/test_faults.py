@@ -49,6 +49,7 @@ def assert_same_outputs(run_dir, whole):
     for f in OUTPUTS:
         assert (run_dir / f).read_bytes() == (whole / f).read_bytes(), f
     a, b = (json.loads((d / "summary.json").read_text()) for d in (whole, run_dir))
+    b["config"]["overwrite"] = a["config"]["overwrite"]  # a run started again says overwrite=true
     for key in ("config", "replicas", "n", "steps", "populations"):
         assert a[key] == b[key], key
     leftovers = [p.name for p in run_dir.iterdir() if "checkpoint" in p.name or p.name.endswith(".partial")
