@@ -13,6 +13,7 @@ from conftest import ROOT, run_cli
 
 from tensorsim import outputs
 from tensorsim.analysis import report as rep
+from tensorsim.analysis import runs as runs_mod
 from tensorsim.core.populations import build_populations
 from tensorsim.errors import UserError
 
@@ -62,6 +63,7 @@ def write(writers, steps, every, crash_at=None):
             offsets = [w.tell() for w in writers]
     for w in writers:
         w.close({"complete": True})
+        w.cleanup()  # as run.py does once every table of the run is in place
     return offsets
 
 
@@ -125,8 +127,8 @@ def test_parquet_run_matches_csv_run_and_report_reads_both(tmp_path):
         assert rep.main([str(d), "--window", "3"]) == 0, fmt
     assert (runs["csv"] / "phase.csv").read_text() == (runs["parquet"] / "phase.csv").read_text()
     assert (runs["parquet"] / "silo_sizes.png").read_bytes()[:4] == b"\x89PNG"
-    a = rep.read_agent_labels(runs["csv"] / cell / "agents.csv")
-    b = rep.read_agent_labels(runs["parquet"] / cell / "agents.parquet")
+    a = runs_mod.read_agent_labels(runs["csv"] / cell / "agents.csv")
+    b = runs_mod.read_agent_labels(runs["parquet"] / cell / "agents.parquet")
     assert a.keys() == b.keys() and all((a[r] == b[r]).all() for r in a)
 
 

@@ -7,13 +7,7 @@ from conftest import ROOT, run_cli
 
 from tensorsim.outputs import is_complete
 
-HAVE_GMM = (ROOT / "tensorsim" / "gmm.py").is_file() and (ROOT / "conf" / "agents" / "gmm.yaml").is_file()
-# the cheapest complete run: GMM agents when they exist, else the embedded LLM cut to the bone
-CHEAP = (["agents=gmm", "trial=smoke"] if HAVE_GMM else
-         ["trial=smoke", "trial.n=3", "trial.steps=1", "trial.window=1", "generation.max_new_tokens=16",
-          "generation.max_retries=0"])
-
-pytestmark = [] if HAVE_GMM else [pytest.mark.slow]
+CHEAP = ["agents=gmm", "trial=smoke"]  # the cheapest complete run: no model to load
 
 
 def check_jobs(sweep, ks):
@@ -63,7 +57,6 @@ def test_local_launcher_sets_threads_from_cpus_per_task(tmp_path):
     assert threads == {"auto": 3, "explicit": 1, "basic": None}
 
 
-@pytest.mark.skipif(not HAVE_GMM, reason="the basic-launcher sweep is only cheap with GMM agents")
 def test_basic_launcher_sweep(tmp_path):
     sweep = tmp_path / "multirun"
     r = run_cli("-m", *CHEAP, "trial.k=1,3", "trial.p=0.2", f"hydra.sweep.dir={sweep}", timeout=300)
