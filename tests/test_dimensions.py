@@ -139,3 +139,100 @@ def test_a_short_csv_schedule_is_refused(tmp_path):
     f.write_text("0.1\n0.2\n")
     with pytest.raises(UserError, match=r"holds 2 values, fewer than trial.steps=3"):
         validate(_cfg("trial.p={csv:" + str(f) + "}"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. mixed populations
+
+def test_type_counts_follow_the_shares_with_largest_remainders():
+    assert type_counts([0.2, 0.8], 6) == [1, 5]  # 1.2 and 4.8: the larger remainder gets the spare agent
+    assert type_counts([0.5, 0.5], 7) == [4, 3]  # equal remainders: the lower type
+    assert type_counts([1 / 3] * 3, 10) == [4, 3, 3]
+    assert type_counts([0.0, 1.0], 5) == [0, 5]
+
+
+def test_types_are_drawn_per_population_with_exact_counts():
+    seeds = rng.mix(0, torch.arange(4))
+    types = assign_types(seeds, [3, 7])  # [B, n]
+    assert types.shape == (4, 10) and (types == 0).sum(-1).tolist() == [3, 3, 3, 3]
+    assert len({tuple(row) for row in types.tolist()}) > 1  # each population its own draw
+    assert torch.equal(assign_types(seeds[2:3], [3, 7])[0], types[2])  # independent of the batch
+
+
+def test_per_agent_p_equal_everywhere_equals_the_population_p(tmp_path):
+    """Two types, both at the population's p (and one also at its k): the same run, byte for byte, but
+    for the type column of agents.csv."""
+    plain = _run(tmp_path, "plain", "trial.n=10", "trial.steps=6", "trial.k=3", "trial.p=0.4")
+    typed = _run(tmp_path, "typed", "trial.n=10", "trial.steps=6", "trial.k=3", "trial.p=0.4",
+                 "trial.types=[{share:0.3,p:0.4,k:3,name:a},{share:0.7,p:0.4,name:b}]")
+    assert (typed / "metrics.csv").read_bytes() == (plain / "metrics.csv").read_bytes()
+    assert _drop(typed / "agents.csv", ("type",)) == _drop(plain / "agents.csv", ("type",))
+    types = [r["type"] for r in _rows(typed / "agents.csv") if r["t"] == "0"]
+    assert sorted(types) == ["a"] * 3 + ["b"] * 7
+    assert {r["type"] for r in _rows(plain / "agents.csv")} == {"all"}
+
+
+def test_stubborn_agents_always_mirror_and_keep_their_type(tmp_path):
+    d = _run(tmp_path, "stubborn", "trial.n=10", "trial.steps=5", "trial.p=0.0",
+             "trial.types=[{share:0.2,p:1.0,name:stubborn},{share:0.8}]", "trial.replicas=2")
+    rows = _rows(d / "agents.csv")
+    stubborn = [r for r in rows if r["type"] == "stubborn"]
+    assert len(stubborn) == 2 * 5 * 2  # 2 of 10 agents, 5 steps, 2 replicas
+    assert all(r["mirrored"] == "1" and r["partner"] == r["agent"] for r in stubborn)
+    assert all(r["mirrored"] == "0" for r in rows if r["type"] == "type1")  # p=0 for the rest
+    for rep in ("0", "1"):  # a type is an agent's for the whole run
+        per_step = {r["t"]: {r["agent"] for r in stubborn if r["replica"] == rep} for r in rows}
+        assert len({frozenset(v) for v in per_step.values()}) == 1
+    # p_t is the agents' mean: 0.2 * 1 + 0.8 * 0
+    assert {r["p_t"] for r in _rows(d / "metrics.csv")} == {"0.2"}
+
+
+def test_per_type_k_is_per_agent():
+    pops = build_populations(5, 0.5, 1, 0, steps=2, n=10,
+                             types=[{"share": 0.5, "k": 1}, {"share": 0.5}])
+    k = pops.k_at(0)  # [B, n]
+    assert k.shape == (1, 10) and sorted(k[0].tolist()) == [1] * 5 + [5] * 5
+    assert pops.k.tolist() == [5]
+    # a partner of a k=1 agent is its nearest neighbour; others pick among their 5
+    nb = torch.arange(10).roll(-1).repeat(1, 10, 1)[..., :5]  # [1, 10, 5]
+    partner = interact.pick_partners(pops.seeds, nb, k, 0)
+    ones = k[0] == 1
+    assert torch.equal(partner[0, ones], nb[0, ones, 0])
+
+
+def test_beta_p_draws_have_the_beta_moments_and_are_keyed_on_the_seed():
+    seeds = rng.mix(0, torch.arange(3))
+    for a, b in [(2.0, 5.0), (0.5, 0.5), (30.0, 10.0)]:
+        p = beta_draws(a, b, seeds, 20_000).double()  # [3, n]
+        assert ((p >= 0) & (p <= 1)).all()  # float32 may round draws at the edges of Beta(0.5, 0.5) to 0 or 1
+        mean, var = a / (a + b), a * b / ((a + b) ** 2 * (a + b + 1))
+        assert p.mean().item() == pytest.approx(mean, abs=4 * math.sqrt(var / 60_000))
+        assert p.var().item() == pytest.approx(var, rel=0.05)
+    again = beta_draws(2.0, 5.0, seeds[1:2], 20_000)
+    assert torch.equal(again[0], beta_draws(2.0, 5.0, seeds, 20_000)[1])
+
+
+def test_a_grid_of_beta_and_constant_p_equals_its_cells_run_alone(tmp_path):
+    common = ("trial.n=8", "trial.steps=5", "trial.replicas=2", "trial.k=3")
+    grid = _run(tmp_path, "grid", *common, "trial.p=[0.5,{beta:[2,5]}]")
+    assert sorted(p.name for p in (grid / "cells").iterdir()) == ["k3_p0.5", "k3_pbeta2-5"]
+    for p, cell in [("0.5", "k3_p0.5"), ("{beta:[2,5]}", "k3_pbeta2-5")]:
+        alone = _run(tmp_path, cell, *common, f"trial.p={p}")
+        for table in TABLES:
+            assert _drop(grid / "cells" / cell / table, ("k", "p")) == _drop(alone / table, ())
+    pops = trial_populations(_cfg(*common, "trial.p={beta:[2,5]}").trial, 0)
+    assert pops.p_at(0).shape == (2, 8) and len(set(pops.p_at(0).flatten().tolist())) == 16
+
+
+@pytest.mark.parametrize("override,words", [
+    ("trial.types=[{share:0.5},{share:0.4}]", "trial.types shares sum to 0.9, not 1"),
+    ("trial.types=[{share:1.0,p:2}]", "trial.types[0].p=2 is not allowed: a probability in [0, 1]"),
+    ("trial.types=[{share:1.0,k:6}]", "trial.types[0].k=6 is not allowed"),
+    ("trial.types=[{share:1.0,mood:sad}]", "keys share, p, k, name only"),
+    ("trial.types=[{share:0.5,name:x},{share:0.5,name:x}]", "distinct type names"),
+    ("trial.p={beta:[0,1]}", "{beta: [a, b]} with a > 0 and b > 0"),
+])
+def test_bad_types_are_one_line_errors(override, words):
+    with pytest.raises(UserError) as e:
+        validate(_cfg(override))
+    assert "\n" not in str(e.value) and words in str(e.value)
