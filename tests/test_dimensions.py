@@ -236,3 +236,166 @@ def test_bad_types_are_one_line_errors(override, words):
     with pytest.raises(UserError) as e:
         validate(_cfg(override))
     assert "\n" not in str(e.value) and words in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. miscommunication noise
+
+def _gmm(*overrides):
+    from tensorsim.agents.gmm import GMMAgents
+
+    cfg = _cfg(*overrides)
+    return GMMAgents(cfg, trial_populations(cfg.trial, cfg.seed), torch.device("cpu"))
+
+
+def test_noise_zero_changes_nothing_alone_or_packed_with_noisy_cells(tmp_path):
+    plain = _run(tmp_path, "plain", "trial.n=10", "trial.steps=6", "trial.replicas=2")
+    zero = _run(tmp_path, "zero", "trial.n=10", "trial.steps=6", "trial.replicas=2", "trial.noise=0",
+                "trial.noise_mode=swap")
+    assert _bytes(zero) == _bytes(plain)
+    # packed next to a noisy cell, the noise-free cell still runs as if alone (its coins are all 0)
+    grid = _run(tmp_path, "grid", "trial.n=10", "trial.steps=6", "trial.replicas=2", "trial.noise=[0,0.5]",
+                "trial.noise_mode=swap")
+    for table in TABLES:
+        assert _drop(grid / "cells" / "k2_p0.5_noise0" / table, ("k", "p", "noise")) == _drop(plain / table, ())
+    noisy = _rows(grid / "cells" / "k2_p0.5_noise0.5" / "agents.csv")
+    share = sum(r["garbled"] == "1" for r in noisy) / len(noisy)
+    assert 0.3 < share < 0.7 and {r["noise"] for r in noisy} == {"0.5"}
+
+
+def test_noise_one_with_drop_freezes_every_gmm_agent():
+    """GMM agents: drop means the agent received nothing and learns nothing, so RAG and weights stay
+    as they were (no EM step on the unchanged RAG either), whoever it asked."""
+    agents = _gmm("trial.n=8", "trial.noise=1", "trial.noise_mode=drop", "trial.replicas=2")
+    w0, rag0 = agents.w.clone(), agents.rag.clone()
+    for t in range(4):
+        rec = agents.step(t)
+        assert rec.garbled.all()
+    assert torch.equal(agents.w, w0) and torch.equal(agents.rag, rag0)
+
+
+@pytest.mark.parametrize("mode", ["swap", "kb"])
+def test_gmm_garbled_answers_come_from_the_step_or_the_initial_rag(mode):
+    from tensorsim.agents.gmm import initial_points
+
+    agents = _gmm("trial.n=8", "trial.noise=1", f"trial.noise_mode={mode}", "trial.replicas=2")
+    rag0 = agents.rag.clone()
+    if mode == "kb":  # the initial knowledge base, recomputed from its draws, is the initial RAG
+        j = torch.arange(8).repeat(2, 1).roll(3, -1)
+        s = torch.arange(8).repeat(2, 1) % agents.m
+        got = initial_points(agents.pops.seeds, j, s, agents.C, agents.D, agents.sigma, agents.eps)
+        assert torch.equal(got, rag0[torch.arange(2)[:, None], j, s])
+    agents.step(0)
+    new = agents.rag[agents.rag != rag0]  # each agent replaced exactly one point
+    assert new.numel() <= 2 * 8
+    if mode == "kb":  # every point taken in was some agent's initial point
+        assert all(bool((rag0 == v).any()) for v in new.tolist())
+
+
+def test_a_grid_mixing_schedules_types_and_noise_equals_its_cells_run_alone(tmp_path):
+    common = ("trial.n=10", "trial.steps=6", "trial.replicas=2", "trial.noise_mode=kb",
+              "trial.types=[{share:0.2,p:1.0,name:stubborn},{share:0.8}]")
+    grid = _run(tmp_path, "grid", *common, "trial.k=[2,{step:{0:4,3:1}}]", "trial.p=[0.3,{beta:[2,2]}]",
+                "trial.noise=[0,0.4]")
+    cells = sorted(p.name for p in (grid / "cells").iterdir())
+    assert len(cells) == 8
+    for k, kname in [("2", "k2"), ("{step:{0:4,3:1}}", "kstep0-4_3-1")]:
+        for p, pname in [("0.3", "p0.3"), ("{beta:[2,2]}", "pbeta2-2")]:
+            for noise in ("0", "0.4"):
+                alone = _run(tmp_path, f"{kname}{pname}{noise}", *common, f"trial.k={k}", f"trial.p={p}",
+                             f"trial.noise={noise}")
+                cell = grid / "cells" / f"{kname}_{pname}_noise{noise}"
+                for table in TABLES:
+                    assert _drop(cell / table, ("k", "p", "noise")) == _drop(alone / table, ()), (cell, table)
+
+
+@pytest.mark.parametrize("override,words", [
+    ("trial.noise=1.5", "trial.noise=1.5 is not allowed: a probability in [0, 1]"),
+    ("trial.noise=[0,-0.1]", "trial.noise=-0.1 is not allowed"),
+    ("trial.noise_mode=blur", "trial.noise_mode='blur' is not allowed: one of drop, swap, kb"),
+])
+def test_bad_noise_is_a_one_line_error(override, words):
+    with pytest.raises(UserError) as e:
+        validate(_cfg(override))
+    assert "\n" not in str(e.value) and words in str(e.value)
+
+
+def test_cli_refuses_bad_dimensions_with_exit_2_before_running(tmp_path):
+    for override, words in [("trial.types=[{share:0.5},{share:0.6}]", "shares sum to 1.1, not 1"),
+                            ("trial.k={linear:[1,9]}", "1 <= k_t < trial.n=6")]:
+        r = run_cli("agents=gmm", "trial=smoke", override, f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+        lines = [line for line in r.stderr.strip().splitlines() if line.startswith("error:")]
+        assert r.returncode == 2 and len(lines) == 1 and words in lines[0], r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_swap_takes_the_answer_of_the_drawn_agent():
+    from tensorsim.agents.gmm import garbled_answers
+
+    seeds = rng.mix(0, torch.arange(2))
+    y = torch.randn(2, 7, 3, dtype=torch.float64)
+    garbled = torch.tensor([[True] * 7, [False, True] * 3 + [False]])
+    out = garbled_answers(y, garbled, "swap", seeds, 4, None, 5)
+    j = interact.noise_picks(seeds, rng.NOISE_PICK, 4, 7, 7)
+    expect = torch.where(garbled[..., None], y[torch.arange(2)[:, None], j], y)
+    assert torch.equal(out, expect)
+
+
+# ---------------------------------------------------------------------------------------------------
+# LLM agents (tiny random models: plumbing and invariants, not behaviour)
+
+def _llm(dirs, *overrides):
+    import tiny_models
+
+    from tensorsim.agents.llm import LLMAgents
+    from tensorsim.knowledge import load_kb
+    from tensorsim.lm.models import Embedder, load_llm
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["trial=smoke", *tiny_models.overrides(dirs), *overrides])
+    cpu = torch.device("cpu")
+    model, tok = load_llm(cfg.model, cpu, torch.float32)
+    pops = trial_populations(cfg.trial, cfg.seed)
+    return LLMAgents(cfg, load_kb().take(cfg.trial.n), pops, model, tok, Embedder(cfg.embedder, cpu), cpu)
+
+
+def test_llm_noise_one_with_drop_freezes_every_context(tiny_models):
+    agents = _llm(tiny_models, "trial.noise=1", "trial.noise_mode=drop", "trial.replicas=2")
+    ref0 = agents.entry_ref.clone()
+    contexts = [agents.step(t).contexts for t in range(3)]
+    assert contexts[0] == contexts[1] == contexts[2]
+    assert torch.equal(agents.entry_ref, ref0)
+
+
+def test_llm_noise_swap_and_kb_put_the_drawn_answer_in_the_slot(tiny_models):
+    n, m = 6, 5
+    for mode in ("swap", "kb"):
+        agents = _llm(tiny_models, "trial.noise=1", f"trial.noise_mode={mode}")
+        rec = agents.step(0)
+        slot = agents.slots[..., 0]  # [1, n]
+        got = torch.gather(agents.entry_ref, -1, slot[..., None])[0, :, 0]  # [n] text index in each slot
+        j = interact.noise_picks(agents.pops.seeds, rng.NOISE_PICK, 0, n, n)[0]
+        if mode == "swap":  # this step's answer of agent j (texts: the KB's n*m, then the step's n answers)
+            assert got.tolist() == (n * m + j).tolist()
+            assert [agents.texts[i] for i in got.tolist()] == [rec.responses[i] for i in j.tolist()]
+        else:  # agent j's initial knowledge-base entry in the same slot
+            assert got.tolist() == (j * m + slot[0]).tolist()
+        assert rec.garbled.all()
+
+
+def test_llm_types_and_noise_zero(tiny_models):
+    """Stubborn agents (p=1) always mirror; a noise-free population packed with a noisy one takes in
+    the same answers as the plain run."""
+    typed = _llm(tiny_models, "trial.p=0", "trial.types=[{share:0.5,p:1.0,name:stubborn},{share:0.5}]")
+    rec = typed.step(0)
+    stubborn = typed.pops.agent_type == 0  # [1, n]
+    assert int(stubborn.sum()) == 3 and torch.equal(rec.mirrored, stubborn)
+    plain = _llm(tiny_models)
+    packed = _llm(tiny_models, "trial.noise=[0,1]")
+    for t in range(2):
+        a, b = plain.step(t), packed.step(t)
+        assert a.contexts == b.contexts[:6] and a.responses == b.responses[:6]
+        assert not b.garbled[0].any() and b.garbled[1].all()
+    # text indices differ (the packed table holds both populations' answers): compare the texts
+    assert ([plain.texts[i] for i in plain.entry_ref[0].flatten().tolist()]
+            == [packed.texts[i] for i in packed.entry_ref[0].flatten().tolist()])
