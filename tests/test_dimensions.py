@@ -399,3 +399,35 @@ def test_llm_types_and_noise_zero(tiny_models):
     # text indices differ (the packed table holds both populations' answers): compare the texts
     assert ([plain.texts[i] for i in plain.entry_ref[0].flatten().tolist()]
             == [packed.texts[i] for i in packed.entry_ref[0].flatten().tolist()])
+
+
+@pytest.mark.parametrize("trial,cells", [
+    ("schedule_demo", ["k5_p0.5", "k5_pcosine0.9-0.1", "klinear25-1_p0.5", "klinear25-1_pcosine0.9-0.1",
+                       "kstep0-25_40-5_p0.5", "kstep0-25_40-5_pcosine0.9-0.1"]),
+    ("stubborn", None),
+    ("noisy", ["k5_p0.5_noise0", "k5_p0.5_noise0.1", "k5_p0.5_noise0.3"]),
+])
+def test_dimension_trials_run_with_gmm_agents(tmp_path, trial, cells):
+    """The trial files of README "Asking your own question", cut to 12 steps on the proxy."""
+    d = tmp_path / trial
+    run.simulate(_cfg(f"trial={trial}", "trial.steps=12", "trial.window=4"), d, hydra_subdir=None)
+    if cells is None:
+        rows = _rows(d / "agents.csv")
+        assert sorted(r["type"] for r in rows if r["t"] == "0") == ["mirroring"] * 24 + ["stubborn"] * 6
+        assert all(r["mirrored"] == "1" for r in rows if r["type"] == "stubborn")
+    else:
+        assert sorted(p.name for p in (d / "cells").iterdir()) == cells
+
+
+def test_report_reads_a_grid_of_schedules_and_noise(tmp_path):
+    """Until phase diagrams over any two dimensions exist, a schedule's label stands for its number on
+    the k or p axis, and noise levels stay apart as columns of the p axis."""
+    from tensorsim.analysis import report
+
+    d = _run(tmp_path, "grid", "trial.n=8", "trial.steps=4", "trial.k=[2,{linear:[4,1]}]", "trial.p=0.5",
+             "trial.noise=[0,0.2]")
+    assert report.main([str(d), "--window", "2"]) == 0
+    rows = [(r["k"], r["p"], r["runs"]) for r in _rows(d / "phase.csv")]
+    assert rows == [("2", "0.5 noise0", "1"), ("2", "0.5 noise0.2", "1"), ("linear4-1", "0.5 noise0", "1"),
+                    ("linear4-1", "0.5 noise0.2", "1")]
+    assert (d / "phase_silos.png").read_bytes()[:4] == b"\x89PNG"

@@ -28,7 +28,7 @@ from ..core.patterns import PATTERNS
 from ..errors import UserError
 from ..outputs import write_csv_atomic, write_text_atomic
 from .figures import curves, heatmap, kp_label, silo_sizes
-from .runs import PHASE_COLUMNS, cell_stats, find_cells, group_cells
+from .runs import PHASE_COLUMNS, cell_stats, find_cells, fmt_value, group_cells
 
 
 def _fmt(v) -> str:
@@ -50,7 +50,7 @@ def phase_markdown(stats: dict, window: int, sources: str, notes: list[str]) -> 
     for (k, p), st in stats.items():
         sd = "" if math.isnan(st["final_silos_sd"]) else f" ± {st['final_silos_sd']:.2f}"
         lines.append(
-            f"| {'' if k is None else k} | {'' if p is None else f'{p:g}'} | {st['runs']} | "
+            f"| {'' if k is None else fmt_value(k)} | {'' if p is None else fmt_value(p)} | {st['runs']} | "
             f"{st['final_silos_mean']:.2f}{sd} | " + " | ".join(f"{st[f'share_{x}']:.2f}" for x in PATTERNS)
             + f" | {st['median_last_change_step']:g} | {st['mean_stability_window']:.3f} | "
               f"{st['mean_final_entropy']:.3f} |")
