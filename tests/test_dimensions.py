@@ -431,3 +431,38 @@ def test_report_reads_a_grid_of_schedules_and_noise(tmp_path):
     assert rows == [("2", "0.5 noise0", "1"), ("2", "0.5 noise0.2", "1"), ("linear4-1", "0.5 noise0", "1"),
                     ("linear4-1", "0.5 noise0.2", "1")]
     assert (d / "phase_silos.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_report_splits_silos_entropy_and_stability_by_type(tmp_path, fmt):
+    """Stubborn agents (p=1) never change their label: within the type S = 1 and every stubborn agent
+    keeps its own silo (GMM agent i starts on component i), so its final silos equal its agents."""
+    import numpy as np
+
+    from tensorsim.analysis import report
+    from tensorsim.analysis.types import type_run_values
+
+    d = _run(tmp_path, "typed", "trial.n=10", "trial.steps=6", "trial.k=3", "trial.p=0.2", "trial.replicas=2",
+             "trial.types=[{share:0.3,p:1.0,name:stubborn},{share:0.7,name:rest}]", f"output.format={fmt}")
+    assert report.main([str(d), "--window", "3"]) == 0
+    rows = {r["type"]: r for r in _rows(d / "types.csv")}
+    assert set(rows) == {"stubborn", "rest"}
+    st = rows["stubborn"]
+    assert (st["runs"], st["agents"], st["final_silos"], st["mean_stability_window"]) == ("2", "3", "3", "1")
+    assert rows["rest"]["agents"] == "7"
+    assert "## By agent type" in (d / "phase.md").read_text()
+    # the per-run values on a hand-made run: 4 agents, types a a b b, 3 steps
+    lab = np.array([[0, 1, 2, 3], [0, 0, 2, 3], [0, 0, 2, 2]])
+    v = type_run_values(lab, np.array([True, True, False, False]), window=2)
+    assert v == {"agents": 2, "final_silos": 1, "final_entropy": 0.0, "mean_stability_window": 0.75,
+                 "share_in_largest_silo": 1.0}
+    w = type_run_values(lab, np.array([False, False, True, True]), window=2)
+    assert w["final_silos"] == 1 and w["share_in_largest_silo"] == 0.0 and w["mean_stability_window"] == 0.75
+
+
+def test_report_writes_no_type_split_without_types(tmp_path):
+    from tensorsim.analysis import report
+
+    d = _run(tmp_path, "plain", "trial.steps=4")
+    assert report.main([str(d), "--window", "2"]) == 0
+    assert not (d / "types.csv").exists() and "By agent type" not in (d / "phase.md").read_text()
