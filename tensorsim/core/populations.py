@@ -101,7 +101,7 @@ def beta_params(key: str, value) -> tuple[float, float]:
     ab = value["beta"]
     ok = (not isinstance(ab, (str, Mapping)) and hasattr(ab, "__len__") and len(ab) == 2
           and all(is_num(x) and x > 0 for x in ab))
-    need(ok, key, schedules._show(value), "{beta: [a, b]} with a > 0 and b > 0")
+    need(ok, key, schedules.plain(value), "{beta: [a, b]} with a > 0 and b > 0")
     return float(ab[0]), float(ab[1])
 
 
@@ -167,9 +167,9 @@ def check_types(types, n: int) -> list[dict]:
          types, "null, or a list of {share: s, p: ..., k: ..., name: ...} with shares summing to 1")
     out = []
     for i, t in enumerate(types):
-        need(isinstance(t, Mapping), "trial.types", schedules._show(types), "a list of mappings {share: s, ...}")
+        need(isinstance(t, Mapping), "trial.types", schedules.plain(types), "a list of mappings {share: s, ...}")
         extra = set(t) - {"share", "p", "k", "name"}
-        need(not extra, f"trial.types[{i}]", schedules._show(t), "keys share, p, k, name only")
+        need(not extra, f"trial.types[{i}]", schedules.plain(t), "keys share, p, k, name only")
         share = t.get("share")
         need(is_num(share) and 0 <= share <= 1, f"trial.types[{i}].share", share, "a number in [0, 1]")
         p, k = t.get("p"), t.get("k")
@@ -194,6 +194,37 @@ def _noise_values(noise) -> list[float]:
     return [float(v) for v in values]
 
 
+def per_agent_values(seeds: torch.Tensor, n: int, type_list: list[dict] | None, beta_rows: list) -> dict:
+    """Populations' per-agent fields: each agent's type, and its own p / k where its type sets one or p is a
+    Beta draw (beta_rows[b] = (a, b) or None per population). seeds: [B] -> {name: [B, n] tensor, type_names}"""
+    B = seeds.numel()
+    agent_type = torch.zeros(B, n, dtype=torch.int64)
+    names = ("all",)
+    if type_list is not None:
+        agent_type = assign_types(seeds, type_counts([t["share"] for t in type_list], n))
+        names = tuple(t["name"] for t in type_list)
+    p_agent = torch.zeros(B, n, dtype=torch.float32)
+    p_own = torch.zeros(B, n, dtype=torch.bool)
+    for ab in {ab for ab in beta_rows if ab is not None}:  # one batched draw per distinct (a, b)
+        rows = torch.tensor([b for b, x in enumerate(beta_rows) if x == ab])
+        p_agent[rows] = beta_draws(*ab, seeds[rows], n)
+        p_own[rows] = True
+    k_agent = torch.zeros(B, n, dtype=torch.int64)
+    k_own = torch.zeros(B, n, dtype=torch.bool)
+    for c, t in enumerate(type_list or []):  # a type's own value replaces a Beta draw
+        is_c = agent_type == c  # [B, n]
+        if t["p"] is not None:
+            p_agent = torch.where(is_c, torch.tensor(float(t["p"]), dtype=torch.float32), p_agent)
+            p_own |= is_c
+        if t["k"] is not None:
+            k_agent = torch.where(is_c, torch.tensor(t["k"]), k_agent)
+            k_own |= is_c
+    out = dict(agent_type=agent_type, type_names=names, p_own=p_own, p_agent=p_agent)
+    if bool(k_own.any()):
+        out.update(k_own=k_own, k_agent=k_agent)
+    return out
+
+
 def build_populations(ks, ps, replicas: int, seed: int, *, steps: int = 1, n: int | None = None, types=None,
                       noise=0.0, noise_mode: str = "drop") -> Populations:
     """Cells are the product ks x ps x noise (k outer); replica r of every cell gets seed mix(seed, r).
@@ -208,7 +239,7 @@ def build_populations(ks, ps, replicas: int, seed: int, *, steps: int = 1, n: in
     p_rows, betas = [], []
     for p in pl:
         if is_beta(p):
-            need(n is not None, "trial.p", schedules._show(p), "a number or a schedule here (no agent count)")
+            need(n is not None, "trial.p", schedules.plain(p), "a number or a schedule here (no agent count)")
             betas.append(beta_params("trial.p", p))
             p_rows.append(torch.full((steps,), float("nan"), dtype=torch.float32))  # every agent has its own
         else:
@@ -227,44 +258,18 @@ def build_populations(ks, ps, replicas: int, seed: int, *, steps: int = 1, n: in
     p_steps = torch.stack([p_rows[b] for _, b, _ in of])  # [B, T]
     noise_t = torch.tensor([nl[c] for _, _, c in of], dtype=torch.float32)  # [B]
 
-    fields_ = {}
     type_list = check_types(types, n) if types is not None else None
     beta_rows = [betas[b] for _, b, _ in of]
-    if type_list is not None or any(beta_rows):
-        # per-agent values: [B, n], own where a type sets it or p is a Beta draw
-        agent_type = torch.zeros(B, n, dtype=torch.int64)
-        names = ("all",)
-        if type_list is not None:
-            agent_type = assign_types(seeds, type_counts([t["share"] for t in type_list], n))
-            names = tuple(t["name"] for t in type_list)
-        p_agent = torch.zeros(B, n, dtype=torch.float32)
-        p_own = torch.zeros(B, n, dtype=torch.bool)
-        for b, ab in enumerate(beta_rows):
-            if ab is not None:
-                p_agent[b] = beta_draws(*ab, seeds[b:b + 1], n)[0]
-                p_own[b] = True
-        k_agent = torch.zeros(B, n, dtype=torch.int64)
-        k_own = torch.zeros(B, n, dtype=torch.bool)
-        for c, t in enumerate(type_list or []):
-            is_c = agent_type == c  # [B, n]
-            if t["p"] is not None:
-                p_agent = torch.where(is_c, torch.tensor(float(t["p"]), dtype=torch.float32), p_agent)
-                p_own |= is_c
-            if t["k"] is not None:
-                k_agent = torch.where(is_c, torch.tensor(t["k"]), k_agent)
-                k_own |= is_c
-        for b, ab in enumerate(beta_rows):
-            if ab is not None:  # p_t of a Beta cell: the mean of its agents' p, as with types
-                p_steps[b] = p_agent[b].mean()
-        fields_ = dict(agent_type=agent_type, type_names=names, p_own=p_own, p_agent=p_agent)
-        if bool(k_own.any()):
-            fields_.update(k_own=k_own, k_agent=k_agent)
+    per_agent = per_agent_values(seeds, n, type_list, beta_rows) if type_list or any(beta_rows) else {}
+    for b, ab in enumerate(beta_rows):
+        if ab is not None:  # p_t of a Beta cell: the mean of its agents' p, as with types
+            p_steps[b] = per_agent["p_agent"][b].mean()
     k_max = k_steps.max(-1).values  # [B]
-    if "k_agent" in fields_:
-        k_max = torch.maximum(k_max, torch.where(fields_["k_own"], fields_["k_agent"], 0).max(-1).values)
+    if "k_agent" in per_agent:
+        k_max = torch.maximum(k_max, torch.where(per_agent["k_own"], per_agent["k_agent"], 0).max(-1).values)
     p0 = p_steps[:, 0]
     return Populations(k_max, p0, seeds, cell, replica, cells, keys, k_steps, p_steps,
-                       noise=noise_t if any(nl) else None, noise_mode=noise_mode, **fields_)
+                       noise=noise_t if any(nl) else None, noise_mode=noise_mode, **per_agent)
 
 
 def trial_populations(trial, seed: int) -> Populations:

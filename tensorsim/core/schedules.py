@@ -31,15 +31,15 @@ def is_schedule(value) -> bool:
 
 
 def _bad(key: str, value, why: str) -> UserError:
-    return UserError(f"{key}={_show(value)!r} is not allowed: {why}")
+    return UserError(f"{key}={plain(value)!r} is not allowed: {why}")
 
 
-def _show(value):
+def plain(value):
     """Plain Python of an OmegaConf node, for messages and labels."""
     if isinstance(value, Mapping):
-        return {str(k): _show(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
-        return [_show(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
