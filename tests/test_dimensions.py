@@ -466,3 +466,48 @@ def test_report_writes_no_type_split_without_types(tmp_path):
     d = _run(tmp_path, "plain", "trial.steps=4")
     assert report.main([str(d), "--window", "2"]) == 0
     assert not (d / "types.csv").exists() and "By agent type" not in (d / "phase.md").read_text()
+
+
+def test_a_noisy_typed_gmm_run_resumes_from_its_state_exactly():
+    """Noise and types keep no state of their own (counter-based draws, types from the seed): a run
+    continued from a state_dict goes on as the uninterrupted one."""
+    over = ("trial.n=8", "trial.steps=6", "trial.noise=0.5", "trial.noise_mode=kb",
+            "trial.types=[{share:0.25,p:1.0},{share:0.75}]", "trial.k={linear:[5,1]}")
+    whole = _gmm(*over)
+    recs = [whole.step(t) for t in range(6)]
+    first = _gmm(*over)
+    for t in range(3):
+        first.step(t)
+    resumed = _gmm(*over)
+    resumed.load_state_dict(first.state_dict())
+    for t in range(3, 6):
+        rec = resumed.step(t)
+        assert torch.equal(rec.labels, recs[t].labels) and torch.equal(rec.garbled, recs[t].garbled)
+    assert torch.equal(resumed.w, whole.w) and torch.equal(resumed.rag, whole.rag)
+
+
+def test_llm_run_with_types_and_drop_noise_writes_frozen_contexts(tiny_models, tmp_path):
+    """End to end on LLM agents: a garbled (drop) agent answers at t+1 from the context it had at t; the
+    transcript, agents.csv and metrics.csv agree."""
+    import json
+
+    import tiny_models as tm
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "trial=smoke", *tm.overrides(tiny_models), "output.plots=false", "trial.noise=0.5",
+            "trial.types=[{share:0.5,p:1.0,name:stubborn},{share:0.5,p:0.0,name:open}]"])
+    run.simulate(cfg, tmp_path / "run", hydra_subdir=None)
+    agents = {(r["t"], r["agent"]): r for r in _rows(tmp_path / "run" / "agents.csv")}
+    lines = [json.loads(x) for x in (tmp_path / "run" / "transcript.jsonl").read_text().splitlines()]
+    context = {(str(x["t"]), str(x["agent"])): x["context"] for x in lines}
+    response = {(str(x["t"]), str(x["agent"])): x["response"] for x in lines}
+    garbled = [(t, a) for (t, a), r in agents.items() if r["garbled"] == "1" and t != "2"]
+    assert garbled  # noise 0.5 over 12 messages
+    for t, a in garbled:
+        assert context[(str(int(t) + 1), a)] == context[(t, a)]
+    for (t, a), r in agents.items():
+        if r["garbled"] == "0" and t != "2":  # an intact message: the answer taken in is the next context
+            assert context[(str(int(t) + 1), a)] == response[(t, r["partner"])]
+        assert r["mirrored"] == ("1" if r["type"] == "stubborn" else "0")
+    assert {r["p_t"] for r in _rows(tmp_path / "run" / "metrics.csv")} == {"0.5"}
