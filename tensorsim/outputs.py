@@ -102,11 +102,11 @@ def _g(x) -> str:
     return f"{float(x):.6g}"
 
 
-def agent_types(pops: Populations, members: list[int]) -> list[list[str]] | None:
-    """Each member population's agent type names (None: one type, 'all')."""
+def agent_types(pops: Populations, members: list[int]) -> tuple[np.ndarray, list[str]] | None:
+    """The member populations' agent types: (type index [R, n] int32, type names); None: one type, 'all'."""
     if pops.agent_type is None:
         return None
-    return [[pops.type_names[c] for c in pops.agent_type[b].tolist()] for b in members]
+    return pops.agent_type[members].cpu().numpy().astype(np.int32), list(pops.type_names)
 
 
 class CellWriter:
@@ -164,7 +164,7 @@ class CellWriter:
             if self._agents is not None:
                 lab, par, mir = labels[b].tolist(), partner[b].tolist(), mirrored[b].tolist()
                 gar = [0] * n if garbled is None else garbled[b].int().tolist()
-                typ = ["all"] * n if self.types is None else self.types[j]
+                typ = ["all"] * n if self.types is None else [self.types[1][c] for c in self.types[0][j].tolist()]
                 self._agents.writerows([r, t, i, lab[i], label_name(lab[i], self.names), par[i], int(mir[i]), typ[i],
                                         gar[i]] + extra for i in range(n))
             if self._transcript is not None and responses is not None:
@@ -274,7 +274,7 @@ def _schemas(kp, names_type, keys=("k", "p")):
                               ("p_t", pa.float64())] + extra),
         "agents": pa.schema([("replica", pa.int64()), ("t", pa.int64()), ("agent", pa.int64()),
                              ("label", pa.int64()), ("label_name", names_type), ("partner", pa.int64()),
-                             ("mirrored", pa.bool_()), ("type", pa.string()), ("garbled", pa.bool_())] + extra),
+                             ("mirrored", pa.bool_()), ("type", names_type), ("garbled", pa.bool_())] + extra),
         "transcript": pa.schema([("replica", pa.int64()), ("t", pa.int64()), ("agent", pa.int64()),
                                  ("context", pa.string()), ("response", pa.string())] + extra),
     }
@@ -292,7 +292,9 @@ class ParquetCellWriter:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.members, self.replicas, self.names, self.kp, self.keys = members, replicas, names, kp, keys
-        self.types = types
+        # agents' types, dictionary-encoded once: the same for every step
+        self._types = pa.DictionaryArray.from_arrays(pa.array(types[0].ravel()), pa.array(types[1], pa.string())) \
+            if types is not None else None
         # label_name by dictionary index: label + 1 (0 = unlabeled); one dictionary for every row group
         self._names = pa.array(["unlabeled"] + list(names), pa.string())
         schemas = _schemas(kp, pa.dictionary(pa.int32(), pa.string()), keys)
@@ -328,7 +330,8 @@ class ParquetCellWriter:
             self._tables["agents"].append(dict(
                 rows, label=lab, label_name=pa.DictionaryArray.from_arrays(name_idx, self._names),
                 partner=partner[m].numpy().astype(np.int64).ravel(), mirrored=mirrored[m].numpy().astype(bool).ravel(),
-                type=pa.array(["all"] * (R * n) if self.types is None else sum(self.types, []), pa.string()),
+                type=self._types if self._types is not None else pa.DictionaryArray.from_arrays(
+                    pa.array(np.zeros(R * n, dtype=np.int32)), pa.array(["all"], pa.string())),
                 garbled=np.zeros(R * n, dtype=bool) if garbled is None else garbled[m].numpy().astype(bool).ravel()))
         if "transcript" in self._tables and responses is not None:
             idx = [b * n + i for b in m for i in range(n)]
