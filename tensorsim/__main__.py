@@ -82,7 +82,9 @@ def main(cfg: DictConfig) -> None:
     for r in summary.get("replicas", []):
         print(f"  replica {r['replica']}: {r['final_n_silos']} silo(s), pattern {r['pattern']}")
     for c in summary.get("cells", []):
-        print(f"  k={c['k']} p={c['p']:g}: mean final silos {c['mean_final_n_silos']:.2f}")
+        where = " ".join(f"{key}={v:g}" if isinstance(v, (int, float)) else f"{key}={v}" for key, v in c.items()
+                         if key not in ("dir", "mean_final_n_silos"))
+        print(f"  {where}: mean final silos {c['mean_final_n_silos']:.2f}")
 
 
 def cli() -> None:

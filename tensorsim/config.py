@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .agents import KINDS, kind_module
 from .core.graph import BACKENDS
-from .core.populations import as_list
+from .core.populations import trial_populations
 from .errors import UserError, is_int, is_num, need
 from .outputs import AUTO_PARQUET_ROWS, FORMATS as OUTPUT_FORMATS
 
@@ -25,7 +25,7 @@ def validate_booleans(cfg) -> None:
         need(value is None or isinstance(value, bool), key, value, "true or false")
 
 
-def validate_backend(cfg) -> None:
+def validate_backend(cfg, k_max: int) -> None:
     """The triton kernel runs on CUDA only and keeps at most MAX_K neighbours: say so before anything loads."""
     uses_graph = kind_module(cfg.agents.kind).uses_graph(cfg)
     if cfg.graph.backend == "faiss" and uses_graph:
@@ -49,7 +49,6 @@ def validate_backend(cfg) -> None:
     except ImportError:
         raise UserError("graph.backend='triton' is not allowed: the triton package is not installed "
                         "(pip install triton), or use torch or faiss") from None
-    k_max = max(as_list(cfg.trial.k))
     need(k_max <= MAX_K, "graph.backend", "triton", f"k <= {MAX_K} (trial.k={k_max}); use torch or faiss")
 
 
@@ -59,14 +58,9 @@ def validate(cfg) -> None:
     need(is_int(t.n) and t.n >= 2, "trial.n", t.n, "an integer >= 2")
     need(is_int(t.steps) and t.steps >= 1, "trial.steps", t.steps, "an integer >= 1")
     need(is_int(t.replicas) and t.replicas >= 1, "trial.replicas", t.replicas, "an integer >= 1")
-    ks, ps = as_list(t.k), as_list(t.p)
-    need(len(ks) >= 1, "trial.k", ks, "a number or a non-empty list")
-    need(len(ps) >= 1, "trial.p", ps, "a number or a non-empty list")
-    for k in ks:
-        need(is_int(k) and 1 <= k < t.n, "trial.k", k, f"an integer with 1 <= k < trial.n={t.n}")
-    for p in ps:
-        need(is_num(p) and 0.0 <= p <= 1.0, "trial.p", p, "a probability in [0, 1]")
     need(is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    # k, p (numbers, schedules, Beta), types and noise: building the populations checks every value
+    k_max = int(trial_populations(t, cfg.seed).k.max())
     threads = cfg.get("threads")
     need(threads is None or (is_int(threads) and threads >= 1), "threads", threads, "null or an integer >= 1")
     need(is_int(cfg.checkpoint.every) and cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every,
@@ -84,7 +78,7 @@ def validate(cfg) -> None:
     need(is_num(w.decay_min_entropy_drop) and w.decay_min_entropy_drop > 0, "pattern.decay_min_entropy_drop",
          w.decay_min_entropy_drop, "a number > 0 (nats)")
     need(cfg.labeler in LABELERS, "labeler", cfg.labeler, f"one of {', '.join(LABELERS)}")
-    validate_backend(cfg)
+    validate_backend(cfg, k_max)
     fmt = cfg.output.get("format", "csv")
     need(fmt in OUTPUT_FORMATS, "output.format", fmt, f"one of {', '.join(OUTPUT_FORMATS)} (auto: parquet from "
                                                       f"{AUTO_PARQUET_ROWS:,} agent rows)")

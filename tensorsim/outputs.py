@@ -1,8 +1,8 @@
 """Run outputs, written so that nothing half-written looks complete.
 
 Per cell directory (the run directory itself for a single (k, p) cell, cells/k{K}_p{P}/ in a grid):
-  metrics.csv       replica, t, stability (empty at t=0), entropy, n_silos   [+ k, p in a grid]
-  agents.csv        replica, t, agent, label, label_name, partner, mirrored  [+ k, p in a grid]
+  metrics.csv       replica, t, stability (empty at t=0), entropy, n_silos, k_t, p_t   [+ k, p in a grid]
+  agents.csv        replica, t, agent, label, label_name, partner, mirrored, type, garbled   [+ k, p in a grid]
   transcript.jsonl  {replica, t, agent, context, response}                   (LLM agents)
   summary.json      config, models, timings and per-replica final silos and patterns
   stability.png, entropy.png, silos.png
@@ -114,22 +114,42 @@ def cell_dirname(k: int, p: float) -> str:
     return f"k{k}_p{p:g}"
 
 
+def cell_dir(keys, values) -> str:
+    """A grid cell's directory from its swept keys' values: k5_p0.5, klinear25-1_p0.5, k5_p0.5_noise0.1."""
+    return "_".join(f"{key}{v:g}" if isinstance(v, (int, float)) else f"{key}{v}" for key, v in zip(keys, values))
+
+
+def _g(x) -> str:
+    """A per-step value (k_t, p_t) as a short number: 5, 0.5, 4.6."""
+    return f"{float(x):.6g}"
+
+
+def agent_types(pops: Populations, members: list[int]) -> tuple[np.ndarray, list[str]] | None:
+    """The member populations' agent types: (type index [R, n] int32, type names); None: one type, 'all'."""
+    if pops.agent_type is None:
+        return None
+    return pops.agent_type[members].cpu().numpy().astype(np.int32), list(pops.type_names)
+
+
 class CellWriter:
     """Streams one (k, p) cell's tables; its populations are the rows `members` of the batch."""
 
     def __init__(self, directory: Path, members: list[int], replicas: list[int], names: list[str],
-                 kp: tuple[int, float] | None, transcript: bool, agents: bool = True,
-                 offsets: dict[str, int] | None = None):
-        """offsets: when resuming, the byte size of each table at the checkpoint; later rows are cut."""
+                 kp: tuple | None, transcript: bool, agents: bool = True,
+                 offsets: dict[str, int] | None = None, keys=("k", "p"), types=None):
+        """offsets: when resuming, the byte size of each table at the checkpoint; later rows are cut.
+        kp: the cell's values of `keys` (grid columns), None for a single cell; types: agent_types()."""
         self.dir = directory
         self.offsets = offsets
         self.dir.mkdir(parents=True, exist_ok=True)
         self.members, self.replicas, self.names, self.kp = members, replicas, names, kp
-        extra = ["k", "p"] if kp else []
+        self.types = types
+        extra = list(keys) if kp else []
         self._files = {}
-        self._metrics = self._open("metrics.csv", ["replica", "t", "stability", "entropy", "n_silos"] + extra)
+        self._metrics = self._open("metrics.csv", ["replica", "t", "stability", "entropy", "n_silos", "k_t", "p_t"]
+                                   + extra)
         self._agents = self._open("agents.csv", ["replica", "t", "agent", "label", "label_name", "partner",
-                                                 "mirrored"] + extra) if agents else None
+                                                 "mirrored", "type", "garbled"] + extra) if agents else None
         self._transcript = self._open_raw("transcript.jsonl") if transcript else None
 
     def _open_raw(self, name):
@@ -154,15 +174,21 @@ class CellWriter:
         self.flush()
         return {name: f.tell() for name, f in self._files.items()}
 
-    def write_step(self, t: int, labels, partner, mirrored, stability, entropy, n_silos, contexts, responses, n):
-        extra = [self.kp[0], self.kp[1]] if self.kp else []
-        for b, r in zip(self.members, self.replicas):
+    def write_step(self, t: int, labels, partner, mirrored, stability, entropy, n_silos, contexts, responses, n,
+                   k_t=None, p_t=None, garbled=None):
+        """k_t, p_t: [B] the step's k and p (agents' mean where they differ); garbled: [B, n] bool or None."""
+        extra = list(self.kp) if self.kp else []
+        for j, (b, r) in enumerate(zip(self.members, self.replicas)):
             s = "" if stability is None else f"{float(stability[b]):.6f}"
-            self._metrics.writerow([r, t, s, f"{float(entropy[b]):.6f}", int(n_silos[b])] + extra)
+            kt = "" if k_t is None else _g(k_t[b])
+            pt = "" if p_t is None else _g(p_t[b])
+            self._metrics.writerow([r, t, s, f"{float(entropy[b]):.6f}", int(n_silos[b]), kt, pt] + extra)
             if self._agents is not None:
                 lab, par, mir = labels[b].tolist(), partner[b].tolist(), mirrored[b].tolist()
-                self._agents.writerows([r, t, i, lab[i], label_name(lab[i], self.names), par[i], int(mir[i])]
-                                       + extra for i in range(n))
+                gar = [0] * n if garbled is None else garbled[b].int().tolist()
+                typ = ["all"] * n if self.types is None else [self.types[1][c] for c in self.types[0][j].tolist()]
+                self._agents.writerows([r, t, i, lab[i], label_name(lab[i], self.names), par[i], int(mir[i]), typ[i],
+                                        gar[i]] + extra for i in range(n))
             if self._transcript is not None and responses is not None:
                 base = b * n
                 self._transcript.writelines(
@@ -291,16 +317,26 @@ class ParquetTable:
                 seg.unlink()
 
 
-def _schemas(kp: bool, names_type):
+def _column_type(values):
+    """Arrow type of a grid column: int64 / float64 for numbers, string where a value is a schedule's label."""
     import pyarrow as pa
 
-    extra = [("k", pa.int64()), ("p", pa.float64())] if kp else []
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return pa.int64()
+    return pa.float64() if all(isinstance(v, (int, float)) for v in values) else pa.string()
+
+
+def _schemas(kp, names_type, keys=("k", "p")):
+    import pyarrow as pa
+
+    extra = [(key, _column_type([v])) for key, v in zip(keys, kp)] if kp else []
     return {
         "metrics": pa.schema([("replica", pa.int64()), ("t", pa.int64()), ("stability", pa.float64()),
-                              ("entropy", pa.float64()), ("n_silos", pa.int64())] + extra),
+                              ("entropy", pa.float64()), ("n_silos", pa.int64()), ("k_t", pa.float64()),
+                              ("p_t", pa.float64())] + extra),
         "agents": pa.schema([("replica", pa.int64()), ("t", pa.int64()), ("agent", pa.int64()),
                              ("label", pa.int64()), ("label_name", names_type), ("partner", pa.int64()),
-                             ("mirrored", pa.bool_())] + extra),
+                             ("mirrored", pa.bool_()), ("type", names_type), ("garbled", pa.bool_())] + extra),
         "transcript": pa.schema([("replica", pa.int64()), ("t", pa.int64()), ("agent", pa.int64()),
                                  ("context", pa.string()), ("response", pa.string())] + extra),
     }
@@ -310,17 +346,20 @@ class ParquetCellWriter:
     """CellWriter's interface, writing Parquet tables (see the module's docstring)."""
 
     def __init__(self, directory: Path, members: list[int], replicas: list[int], names: list[str],
-                 kp: tuple[int, float] | None, transcript: bool, agents: bool = True,
-                 offsets: dict[str, int] | None = None):
+                 kp: tuple | None, transcript: bool, agents: bool = True,
+                 offsets: dict[str, int] | None = None, keys=("k", "p"), types=None):
         """offsets: when resuming, the complete segments of each table at the checkpoint."""
         import pyarrow as pa
 
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.members, self.replicas, self.names, self.kp = members, replicas, names, kp
+        self.members, self.replicas, self.names, self.kp, self.keys = members, replicas, names, kp, keys
+        # agents' types, dictionary-encoded once: the same for every step
+        self._types = pa.DictionaryArray.from_arrays(pa.array(types[0].ravel()), pa.array(types[1], pa.string())) \
+            if types is not None else None
         # label_name by dictionary index: label + 1 (0 = unlabeled); one dictionary for every row group
         self._names = pa.array(["unlabeled"] + list(names), pa.string())
-        schemas = _schemas(kp is not None, pa.dictionary(pa.int32(), pa.string()))
+        schemas = _schemas(kp, pa.dictionary(pa.int32(), pa.string()), keys)
         wanted = ["metrics"] + (["agents"] if agents else []) + (["transcript"] if transcript else [])
         self._tables = {name: ParquetTable(self.dir / f"{name}.parquet", schemas[name],
                                            offsets[name] if offsets else None) for name in wanted}
@@ -328,9 +367,11 @@ class ParquetCellWriter:
     def _extra(self, rows: int) -> dict:
         if not self.kp:
             return {}
-        return {"k": np.full(rows, self.kp[0], dtype=np.int64), "p": np.full(rows, self.kp[1], dtype=np.float64)}
+        dtypes = {"int64": np.int64, "double": np.float64, "string": object}
+        return {key: np.full(rows, v, dtype=dtypes[str(_column_type([v]))]) for key, v in zip(self.keys, self.kp)}
 
-    def write_step(self, t: int, labels, partner, mirrored, stability, entropy, n_silos, contexts, responses, n):
+    def write_step(self, t: int, labels, partner, mirrored, stability, entropy, n_silos, contexts, responses, n,
+                   k_t=None, p_t=None, garbled=None):
         import pyarrow as pa
 
         m, R = self.members, len(self.members)
@@ -338,7 +379,10 @@ class ParquetCellWriter:
         s = pa.nulls(R, pa.float64()) if stability is None else stability[m].double().numpy()
         self._tables["metrics"].append(dict(replica=replica, t=np.full(R, t, dtype=np.int64), stability=s,
                                             entropy=entropy[m].double().numpy(),
-                                            n_silos=n_silos[m].numpy().astype(np.int64), **self._extra(R)))
+                                            n_silos=n_silos[m].numpy().astype(np.int64),
+                                            k_t=pa.nulls(R, pa.float64()) if k_t is None else k_t[m].double().numpy(),
+                                            p_t=pa.nulls(R, pa.float64()) if p_t is None else p_t[m].double().numpy(),
+                                            **self._extra(R)))
         rows = dict(replica=np.repeat(replica, n), t=np.full(R * n, t, dtype=np.int64),
                     agent=np.tile(np.arange(n, dtype=np.int64), R), **self._extra(R * n))
         if "agents" in self._tables:
@@ -347,7 +391,10 @@ class ParquetCellWriter:
             name_idx = pa.array(np.where(known, lab + 1, 0).astype(np.int32))
             self._tables["agents"].append(dict(
                 rows, label=lab, label_name=pa.DictionaryArray.from_arrays(name_idx, self._names),
-                partner=partner[m].numpy().astype(np.int64).ravel(), mirrored=mirrored[m].numpy().astype(bool).ravel()))
+                partner=partner[m].numpy().astype(np.int64).ravel(), mirrored=mirrored[m].numpy().astype(bool).ravel(),
+                type=self._types if self._types is not None else pa.DictionaryArray.from_arrays(
+                    pa.array(np.zeros(R * n, dtype=np.int32)), pa.array(["all"], pa.string())),
+                garbled=np.zeros(R * n, dtype=bool) if garbled is None else garbled[m].numpy().astype(bool).ravel()))
         if "transcript" in self._tables and responses is not None:
             idx = [b * n + i for b in m for i in range(n)]
             self._tables["transcript"].append(dict(rows, context=pa.array([contexts[j] for j in idx], pa.string()),
@@ -392,14 +439,14 @@ def make_cell_writers(run_dir: Path, pops: Populations, names: list[str], transc
     grid = len(pops.cells) > 1
     cls = ParquetCellWriter if fmt == "parquet" else CellWriter
     writers = []
-    for c, (k, p) in enumerate(pops.cells):
+    for c, values in enumerate(pops.cells):
         members = (pops.cell == c).nonzero().flatten().tolist()
         replicas = pops.replica[members].tolist()
-        directory = run_dir / "cells" / cell_dirname(k, p) if grid else run_dir
+        directory = run_dir / "cells" / cell_dir(pops.cell_keys, values) if grid else run_dir
         if not offsets:
             _remove_other_format(directory, fmt)
-        writers.append(cls(directory, members, replicas, names, (k, p) if grid else None, transcript, agents,
-                           offsets[c] if offsets else None))
+        writers.append(cls(directory, members, replicas, names, tuple(values) if grid else None, transcript, agents,
+                           offsets[c] if offsets else None, pops.cell_keys, agent_types(pops, members)))
     return writers
 
 

@@ -16,11 +16,16 @@ from .config import validate
 from .core import metrics
 from .core.memory import keep_freed_memory
 from .core.patterns import PatternRules, last_change_step, run_pattern, silo_patterns
-from .core.populations import build_populations
+from .core.populations import trial_populations
 from .lm.models import resolve_device, resolve_dtype
 from .errors import DiskFullError, Preempted, UserError
 from .outputs import SUMMARY, is_disk_full, make_cell_writers, refuse_completed, resolve_format, write_json_atomic
 from .preempt import StopRequests
+
+
+def cell_title(cell: dict) -> str:
+    """"k=5, p=0.5" (numbers as %g; a schedule or type label as it is)."""
+    return ", ".join(f"{key}={v:g}" if isinstance(v, (int, float)) else f"{key}={v}" for key, v in cell.items())
 
 
 def protocol_summary(protocol: dict[str, torch.Tensor], members) -> dict:
@@ -63,7 +68,7 @@ def _simulate(cfg, run_dir: Path, hydra_subdir: str | None, overrides: list[str]
         remove_checkpoints(run_dir)  # an earlier run's checkpoint must never be resumed over these tables
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    pops = build_populations(cfg.trial.k, cfg.trial.p, cfg.trial.replicas, cfg.seed)
+    pops = trial_populations(cfg.trial, cfg.seed)
     kind = kind_module(cfg.agents.kind)
     agents, names, used = kind.build(cfg, pops.to(device), device, dtype)
     L = len(names)
@@ -120,9 +125,10 @@ def _simulate(cfg, run_dir: Path, hydra_subdir: str | None, overrides: list[str]
             silos[t] = metrics.n_silos(rec.labels, L)
             if t > 0:
                 S[t] = metrics.stability(history[t - 1], rec.labels)
+            k_t, p_t = pops.mean_at(t)  # [B] each
             for w in writers:
                 w.write_step(t, rec.labels, rec.partner, rec.mirrored, S[t] if t > 0 else None, E[t], silos[t],
-                             rec.contexts, rec.responses, n)
+                             rec.contexts, rec.responses, n, k_t, p_t, rec.garbled)
                 w.flush()
             new_tokens += rec.new_tokens
             generations += rec.generations
@@ -194,7 +200,7 @@ def finish(cfg, run_dir: Path, writers, pops, names, history, S, E, silos, proto
         common["protocol"] = protocol_summary(protocol, range(B))
     cell_summaries = []
     for c, w in enumerate(writers):
-        k, p = pops.cells[c]
+        cell = dict(zip(pops.cell_keys, pops.cells[c]))
         replicas = []
         for b, r in zip(w.members, w.replicas):
             s_list = [None if t == 0 else float(S[t, b]) for t in range(T)]
@@ -209,16 +215,16 @@ def finish(cfg, run_dir: Path, writers, pops, names, history, S, E, silos, proto
             })
             if protocol:
                 replicas[-1]["protocol"] = protocol_summary(protocol, [b])
-        summary = dict(common, k=k, p=p, replicas=replicas)
+        summary = dict(common, **cell, replicas=replicas)
         if protocol:
             summary["protocol"] = protocol_summary(protocol, w.members)
         if cfg.output.plots:
             stab = {r: [None if t == 0 else float(S[t, b]) for t in range(T)] for b, r in zip(w.members, w.replicas)}
             ent = {r: E[:, b].tolist() for b, r in zip(w.members, w.replicas)}
             lab = {r: history[:, b].numpy() for b, r in zip(w.members, w.replicas)}
-            write_plots(w.dir, stab, ent, lab, names, f"{cfg.trial.name}: n={n}, k={k}, p={p:g}")
+            write_plots(w.dir, stab, ent, lab, names, f"{cfg.trial.name}: n={n}, {cell_title(cell)}")
         w.close(summary)
-        cell_summaries.append({"k": k, "p": p, "dir": str(w.dir.relative_to(run_dir)) or ".",
+        cell_summaries.append({**cell, "dir": str(w.dir.relative_to(run_dir)) or ".",
                                "mean_final_n_silos": sum(x["final_n_silos"] for x in replicas) / len(replicas)})
     result = summary
     if len(writers) > 1:

@@ -39,8 +39,9 @@ def test_smoke_outputs_are_consistent(smoke_run):
     agents = read_csv(smoke_run / "agents.csv")
     transcript = read_jsonl(smoke_run / "transcript.jsonl")
     summary = json.loads((smoke_run / "summary.json").read_text())
-    assert list(metrics[0]) == ["replica", "t", "stability", "entropy", "n_silos"]
-    assert list(agents[0]) == ["replica", "t", "agent", "label", "label_name", "partner", "mirrored"]
+    assert list(metrics[0]) == ["replica", "t", "stability", "entropy", "n_silos", "k_t", "p_t"]
+    assert list(agents[0]) == ["replica", "t", "agent", "label", "label_name", "partner", "mirrored", "type",
+                               "garbled"]
     assert len(metrics) == T and len(agents) == n * T and len(transcript) == n * T
     assert metrics[0]["stability"] == "" and all(m["stability"] for m in metrics[1:])
     by_t = {t: [a for a in agents if int(a["t"]) == t] for t in range(T)}

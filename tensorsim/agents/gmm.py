@@ -181,16 +181,52 @@ def em_step(w, points, means, var, eps, update_means=False, update_variances=Fal
     return w_new, means_new, var_new
 
 
-def interaction(wi, ragi, meansi, vari, wj, ragj, meansj, varj, uq, zq, ua, za, eps, **mstep):
-    """docs/SPEC.md §2 steps 2-4 for a batch of (asker i, answerer j) pairs with the given draws.
-    -> (new w_i, new rag_i, new means_i, new var_i, x, y)."""
+def answer(wi, meansi, vari, wj, ragj, meansj, varj, uq, zq, ua, za, eps, **mstep):
+    """docs/SPEC.md §2 steps 2-3: i's query x and j's answer y. -> (x, y), each [..., D]."""
     x = sample_mixture(wi, meansi, vari, uq, zq)
     rag_copy = replace_farthest(ragj, x)
     w1, means1, var1 = em_step(wj, rag_copy, meansj, varj, eps, **mstep)
-    y = sample_mixture(w1, means1, var1, ua, za)
+    return x, sample_mixture(w1, means1, var1, ua, za)
+
+
+def learn(wi, ragi, meansi, vari, y, eps, **mstep):
+    """docs/SPEC.md §2 step 4: i takes y into its RAG and steps EM. -> (new w_i, rag_i, means_i, var_i)."""
     rag_new = replace_farthest(ragi, y)
     w_new, means_new, var_new = em_step(wi, rag_new, meansi, vari, eps, **mstep)
-    return w_new, rag_new, means_new, var_new, x, y
+    return w_new, rag_new, means_new, var_new
+
+
+def interaction(wi, ragi, meansi, vari, wj, ragj, meansj, varj, uq, zq, ua, za, eps, **mstep):
+    """docs/SPEC.md §2 steps 2-4 for a batch of (asker i, answerer j) pairs with the given draws.
+    -> (new w_i, new rag_i, new means_i, new var_i, x, y)."""
+    x, y = answer(wi, meansi, vari, wj, ragj, meansj, varj, uq, zq, ua, za, eps, **mstep)
+    return (*learn(wi, ragi, meansi, vari, y, eps, **mstep), x, y)
+
+
+def initial_points(seeds, agent, slot, C: int, D: int, sigma: float, eps: float) -> torch.Tensor:
+    """Point `slot` of the initial RAG of `agent`, recomputed from its counter-based draws (the same numbers
+    GMMAgents.__init__ drew): the proxy's initial knowledge base, for trial.noise_mode=kb.
+    seeds [B], agent and slot [B, n] -> [B, n, D]"""
+    n = agent.shape[-1]
+    dt, dev = torch.float64, agent.device
+    w0 = initial_weights(n, C, eps, dt, dev)[agent]  # [B, n, C]: agent j one-hot on j mod C
+    dim = torch.arange(D, device=dev)
+    u = rng.uniform64(seeds[:, None], rng.GMM_INIT, agent, slot, 0)
+    z = rng.normal(seeds[:, None, None], rng.GMM_INIT, agent[..., None], slot[..., None], 1 + dim)
+    return sample_mixture(w0, component_means(C, D, dt, dev), sigma**2, u, z)
+
+
+def garbled_answers(y, garbled, mode: str, seeds, t: int, initial, m: int):
+    """trial.noise for the proxy: the answer a garbled agent receives. swap: the answer given to a uniform
+    agent of its population at this step; kb: a uniform one of the m points of a uniform agent's initial RAG
+    (initial(agent, slot) -> points). drop is handled by the caller (the agent learns nothing). y [B, n, D], garbled [B, n]."""
+    B, n, _ = y.shape
+    j = interact.noise_picks(seeds, rng.NOISE_PICK, t, n, n)  # [B, n]
+    if mode == "swap":
+        other = torch.gather(y, 1, j[..., None].expand_as(y))
+    else:
+        other = initial(j, interact.noise_picks(seeds, rng.NOISE_SLOT, t, n, m))
+    return torch.where(garbled[..., None], other, y)
 
 
 def labels_of(w: torch.Tensor) -> torch.Tensor:
@@ -286,12 +322,12 @@ class GMMAgents:
     def step(self, t: int) -> StepRecord:
         B, n, D = self.B, self.n, self.D
         pops, dev = self.pops, self.device
-        mirrored = interact.mirror_coins(pops.seeds, pops.p, t, n)  # [B, n]
+        mirrored = interact.mirror_coins(pops.seeds, pops.p_at(t), t, n)  # [B, n]
         if bool(mirrored.all()):
             src = torch.arange(n, device=dev).expand(B, n)
         else:
             nb = self.neighbours(self.w)
-            partner = interact.pick_partners(pops.seeds, nb, pops.k, t)
+            partner = interact.pick_partners(pops.seeds, nb, pops.k_at(t), t)
             src = interact.context_sources(mirrored, partner)  # [B, n]
         w_new = torch.empty_like(self.w)
         rag_new = torch.empty_like(self.rag)
@@ -300,6 +336,9 @@ class GMMAgents:
         seeds = pops.seeds[:, None]
         dim = torch.arange(D, device=dev)
 
+        def own(state, a0, a1):  # the agents' own slice of a per-agent state (shared state passes through)
+            return state if isinstance(state, float) or state.dim() == 2 else state[:, a0:a1]
+
         def take(state, s, a0, a1):  # own slice and the partners' rows of a per-agent state
             if isinstance(state, float) or state.dim() == 2:
                 return state, state
@@ -307,6 +346,9 @@ class GMMAgents:
             j = torch.gather(flat, 1, s[..., None].expand(-1, -1, flat.shape[-1]))
             return state[:, a0:a1], j.reshape(B, a1 - a0, *state.shape[2:])
 
+        # two passes over chunks of agents: every answer first, so that noise can garble them across the
+        # population (swap), then every agent learns from the answer it received
+        y = torch.empty(B, n, D, dtype=self.w.dtype, device=dev)
         for a0 in range(0, n, self.chunk):
             a1 = min(n, a0 + self.chunk)
             s = src[:, a0:a1]
@@ -316,11 +358,27 @@ class GMMAgents:
             zq = rng.normal(seeds[..., None], rng.GMM_QUERY, t, agent[..., None], dim)
             za = rng.normal(seeds[..., None], rng.GMM_ANSWER, t, agent[..., None], dim)
             wi, wj = take(self.w, s, a0, a1)
-            ri, rj = take(self.rag, s, a0, a1)
+            _, rj = take(self.rag, s, a0, a1)
             mi, mj = take(self.means, s, a0, a1)
             vi, vj = take(self.var, s, a0, a1)
-            w2, r2, m2, v2, _, _ = interaction(wi, ri, mi, vi, wj, rj, mj, vj, uq, zq, ua, za, self.eps,
-                                               **self.mstep)
+            y[:, a0:a1] = answer(wi, mi, vi, wj, rj, mj, vj, uq, zq, ua, za, self.eps, **self.mstep)[1]
+        garbled = interact.garble_coins(pops.seeds, pops.noise_of(), t, n) if pops.noisy else None  # [B, n]
+        if garbled is not None and pops.noise_mode != "drop":
+            y = garbled_answers(y, garbled, pops.noise_mode, pops.seeds, t, self._initial, self.m)
+        for a0 in range(0, n, self.chunk):
+            a1 = min(n, a0 + self.chunk)
+            w2, r2, m2, v2 = learn(self.w[:, a0:a1], self.rag[:, a0:a1], own(self.means, a0, a1),
+                                   own(self.var, a0, a1), y[:, a0:a1], self.eps, **self.mstep)
+            if garbled is not None and pops.noise_mode == "drop":
+                # drop: the agent received nothing, so it learns nothing: RAG, weights (and means,
+                # variances) stay as they were; an EM step on an unchanged RAG would still move w
+                keep = garbled[:, a0:a1]
+                w2 = torch.where(keep[..., None], self.w[:, a0:a1], w2)
+                r2 = torch.where(keep[..., None, None], self.rag[:, a0:a1], r2)
+                if self.means.dim() == 4:
+                    m2 = torch.where(keep[..., None, None], self.means[:, a0:a1], m2)
+                if not isinstance(self.var, float):
+                    v2 = torch.where(keep[..., None], self.var[:, a0:a1], v2)
             w_new[:, a0:a1] = w2
             rag_new[:, a0:a1] = r2
             if self.means.dim() == 4:
@@ -328,4 +386,10 @@ class GMMAgents:
             if not isinstance(self.var, float):
                 var_new[:, a0:a1] = v2
         self.w, self.rag, self.means, self.var = w_new, rag_new, means_new, var_new
-        return StepRecord(labels=labels_of(self.w).cpu(), partner=src.cpu(), mirrored=mirrored.cpu())
+        return StepRecord(labels=labels_of(self.w).cpu(), partner=src.cpu(), mirrored=mirrored.cpu(),
+                          garbled=None if garbled is None else garbled.cpu())
+
+    def _initial(self, agent, slot):
+        """Initial RAG points of (agent, slot) [B, n] -> [B, n, D] (trial.noise_mode=kb)."""
+        return initial_points(self.pops.seeds, agent, slot, self.C, self.D, self.sigma, self.eps)
+

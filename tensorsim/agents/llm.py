@@ -181,7 +181,7 @@ class LLMAgents:
         B, n, pops = self.B, self.n, self.pops
         tokens_before = self.generator.stats.new_tokens
         self.generations = 0
-        mirrored = interact.mirror_coins(pops.seeds, pops.p, t, n)  # [B, n]
+        mirrored = interact.mirror_coins(pops.seeds, pops.p_at(t), t, n)  # [B, n]
         contexts = self.contexts()
         responses, named, protocol = self._generate(contexts, t)  # B*n
         emb = rearrange(self.embedder.responses(responses), "(b n) d -> b n d", b=B)  # [B, n, d]
@@ -191,21 +191,42 @@ class LLMAgents:
         # labeler=name: the protocol has already labelled every answer by name
         labels = named.reshape(B, n) if self.labeler is self.names else self.labeler(emb)
         neighbours = graph.knn(emb, self.k_max, self.cfg.graph.backend)  # [B, n, k_max]
-        partner = interact.pick_partners(pops.seeds.to(emb.device), neighbours, pops.k.to(emb.device), t)
+        partner = interact.pick_partners(pops.seeds.to(emb.device), neighbours, pops.k_at(t).to(emb.device), t)
         source = interact.context_sources(mirrored.to(partner.device), partner).cpu()  # [B, n]
-        self._update(source, responses)
-        return StepRecord(labels=labels.cpu(), partner=source, mirrored=mirrored.cpu(), contexts=contexts,
+        garbled = interact.garble_coins(pops.seeds, pops.noise_of(), t, n).cpu() if pops.noisy else None
+        self._update(source, responses, garbled, t)
+        return StepRecord(labels=labels.cpu(), partner=source, mirrored=mirrored.cpu(), garbled=garbled,
+                          contexts=contexts,
                           responses=responses, new_tokens=self.generator.stats.new_tokens - tokens_before,
                           generations=self.generations, protocol=protocol)
 
-    def _update(self, src, responses):
+    def _garble(self, new_ref, slot, garbled, t):
+        """trial.noise: the answer a garbled agent receives, by trial.noise_mode. drop: the slot keeps what it
+        holds; swap: the answer of a uniform agent of its population at this step; kb: the knowledge base's
+        initial entry, in the overwritten slot, of a uniform agent. new_ref, slot, garbled: [B, n] -> [B, n]"""
+        B, n, pops = self.B, self.n, self.pops
+        seeds = pops.seeds.cpu()
+        mode = pops.noise_mode
+        if mode == "drop":
+            other = torch.gather(self.entry_ref, -1, slot[..., None]).squeeze(-1)  # [B, n] unchanged slot
+        elif mode == "swap":
+            j = interact.noise_picks(seeds, rng.NOISE_PICK, t, n, n)  # [B, n]
+            other = len(self.texts) - B * n + torch.arange(B)[:, None] * n + j
+        else:  # kb: KB texts are indexed agent * m + entry
+            j = interact.noise_picks(seeds, rng.NOISE_PICK, t, n, n)
+            other = j * self.m + slot
+        return torch.where(garbled, other, new_ref)
+
+    def _update(self, src, responses, garbled=None, t=0):
         """docs/SPEC.md §1 step 6 as a masked tensor update: agent i's context slot := index of r_src(i).
-        src: [B, n] whose answer each agent takes (itself where mirrored)."""
+        src: [B, n] whose answer each agent takes (itself where mirrored); garbled: [B, n] bool or None."""
         B, n = self.B, self.n
         base = len(self.texts)
         self.texts.extend(responses)
         new_ref = base + torch.arange(B)[:, None] * n + src  # [B, n] index of the taken answer
         slot = self.slots[..., 0]  # [B, n] the top-1 slot is the one overwritten
+        if garbled is not None:
+            new_ref = self._garble(new_ref, slot, garbled, t)
         self.entry_ref.scatter_(-1, slot[..., None], new_ref[..., None])
         if self.cfg.retrieval.every_step:
             if self.retrieval_key == "entry":

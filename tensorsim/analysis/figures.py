@@ -7,7 +7,7 @@ import numpy as np
 
 from ..outputs import table_path
 from .plots import distinct_colours, grey_shade, plt, save_fig
-from .runs import iter_runs, rank_sizes, read_agent_labels
+from .runs import fmt_value, iter_runs, rank_sizes, read_agent_labels, value_order
 
 MAX_RANKS = 6  # silo_sizes.png: ranks shown one by one; the rest are stacked as "other silos"
 
@@ -15,21 +15,19 @@ MAX_RANKS = 6  # silo_sizes.png: ranks shown one by one; the rest are stacked as
 def kp_label(k, p) -> str:
     if k is None and p is None:
         return "k, p n/a"
-    ks = "?" if k is None else str(k)
-    ps = "?" if p is None else f"{p:g}"
-    return f"k={ks}, p={ps}"
+    return f"k={fmt_value(k)}, p={fmt_value(p)}"
 
 
 def heatmap(path: Path, groups_stats: dict, value: str, title: str, cbar: str) -> None:
-    ks = sorted({k for k, _ in groups_stats}, key=lambda v: (v is not None, v or 0))
-    ps = sorted({p for _, p in groups_stats}, key=lambda v: (v is not None, v or 0))
+    ks = sorted({k for k, _ in groups_stats}, key=value_order)
+    ps = sorted({p for _, p in groups_stats}, key=value_order)
     grid = np.full((len(ks), len(ps)), np.nan)
     for (k, p), st in groups_stats.items():
         grid[ks.index(k), ps.index(p)] = st[value]
     fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(ps) + 1.5, 1.2 + 0.45 * len(ks) + 1.0))
     im = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap="viridis")
-    ax.set_xticks(range(len(ps)), ["?" if p is None else f"{p:g}" for p in ps])
-    ax.set_yticks(range(len(ks)), ["?" if k is None else str(k) for k in ks])
+    ax.set_xticks(range(len(ps)), [fmt_value(p) for p in ps])
+    ax.set_yticks(range(len(ks)), [fmt_value(k) for k in ks])
     ax.set_xlabel("mirroring probability p")
     ax.set_ylabel("neighbours k")
     finite = grid[np.isfinite(grid)]
@@ -47,8 +45,8 @@ def heatmap(path: Path, groups_stats: dict, value: str, title: str, cbar: str) -
 
 def panel_grid(keys: list[tuple]):
     """Subplots laid out k down, p across (one panel per (k, p) present)."""
-    ks = sorted({k for k, _ in keys}, key=lambda v: (v is not None, v or 0))
-    ps = sorted({p for _, p in keys}, key=lambda v: (v is not None, v or 0))
+    ks = sorted({k for k, _ in keys}, key=value_order)
+    ps = sorted({p for _, p in keys}, key=value_order)
     fig, axes = plt.subplots(len(ks), len(ps), figsize=(min(3.0 * len(ps), 40) + 0.5, min(2.3 * len(ks), 60) + 0.6),
                              squeeze=False, sharex=True, sharey=True)
     where = {key: axes[ks.index(key[0]), ps.index(key[1])] for key in keys}

@@ -28,7 +28,8 @@ from ..core.patterns import PATTERNS
 from ..errors import UserError
 from ..outputs import write_csv_atomic, write_text_atomic
 from .figures import curves, heatmap, kp_label, silo_sizes
-from .runs import PHASE_COLUMNS, cell_stats, find_cells, group_cells
+from .runs import PHASE_COLUMNS, cell_stats, find_cells, fmt_value, group_cells
+from .types import TYPE_COLUMNS, type_stats
 
 
 def _fmt(v) -> str:
@@ -41,7 +42,22 @@ def _fmt(v) -> str:
 
 # ------------------------------------------------------------------------------------------- report
 
-def phase_markdown(stats: dict, window: int, sources: str, notes: list[str]) -> str:
+def types_markdown(rows: list[dict], window: int) -> list[str]:
+    """The split by agent type (trial.types) as a markdown section; [] without types."""
+    if not rows:
+        return []
+    lines = ["", "## By agent type", "", f"Means over runs, among each type's agents: final silos, final entropy E, "
+             f"S̄ over the last {window} steps, share of the type in the population's largest final silo.", "",
+             "| k | p | type | runs | agents | final silos | final E | S̄ | in largest silo |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {fmt_value(r['k'])} | {fmt_value(r['p'])} | {r['type']} | {r['runs']} | {r['agents']:.3g} | "
+                     f"{r['final_silos']:.2f} | {r['final_entropy']:.3f} | {r['mean_stability_window']:.3f} | "
+                     f"{r['share_in_largest_silo']:.2f} |")
+    return lines
+
+
+def phase_markdown(stats: dict, window: int, sources: str, notes: list[str], by_type=()) -> str:
     lines = ["# Phase diagram over (k, p)", "", f"Runs from {sources}. Final silos: mean ± sample sd over runs. "
              f"Patterns: share of runs. Last change: median step of the last label change. "
              f"S̄: mean stability over the last {window} steps.", "",
@@ -50,10 +66,11 @@ def phase_markdown(stats: dict, window: int, sources: str, notes: list[str]) -> 
     for (k, p), st in stats.items():
         sd = "" if math.isnan(st["final_silos_sd"]) else f" ± {st['final_silos_sd']:.2f}"
         lines.append(
-            f"| {'' if k is None else k} | {'' if p is None else f'{p:g}'} | {st['runs']} | "
+            f"| {'' if k is None else fmt_value(k)} | {'' if p is None else fmt_value(p)} | {st['runs']} | "
             f"{st['final_silos_mean']:.2f}{sd} | " + " | ".join(f"{st[f'share_{x}']:.2f}" for x in PATTERNS)
             + f" | {st['median_last_change_step']:g} | {st['mean_stability_window']:.3f} | "
               f"{st['mean_final_entropy']:.3f} |")
+    lines += types_markdown(list(by_type), window)
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -107,7 +124,10 @@ def report(root: Path, out: Path, window: int = 20, band: str = "sd", embed: boo
             notes.append("perspective.png not written: no run with a transcript")
     else:
         notes.append("perspective.png not written: pass --embed to embed the transcripts")
-    write_text_atomic(out / "phase.md", phase_markdown(stats, window, str(root), notes))
+    by_type = type_stats(groups, window)
+    if by_type:
+        write_csv_atomic(out / "types.csv", TYPE_COLUMNS, [[_fmt(r[c]) for c in TYPE_COLUMNS] for r in by_type])
+    write_text_atomic(out / "phase.md", phase_markdown(stats, window, str(root), notes, by_type))
     return stats
 
 

@@ -34,7 +34,10 @@ class Cell:
 
     @property
     def p(self):
-        return self.summary.get("p")
+        """p, or where a grid also swept trial.noise, p and noise as one label ("0.5 noise0.1"): until the
+        report draws any two dimensions, noise levels stay apart as columns of the p axis."""
+        p, noise = self.summary.get("p"), self.summary.get("noise")
+        return p if noise is None else f"{fmt_value(p)} noise{fmt_value(noise)}"
 
     @property
     def replicas(self) -> list[dict]:
@@ -196,8 +199,22 @@ def find_cells(root: Path, notes: list[str], depth: int = 0) -> list[Cell]:
 
 # -------------------------------------------------------------------------------------- statistics
 
+def fmt_value(v) -> str:
+    """A k or p value as axes and labels show it: 5, 0.5, a schedule's label, ? when missing."""
+    if v is None:
+        return "?"
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
+def value_order(v) -> tuple:
+    """Sort key of one k or p value: missing first, then numbers, then schedule labels (linear25-1, ...)."""
+    if v is None:
+        return (0, 0.0, "")
+    return (1, float(v), "") if isinstance(v, (int, float)) else (2, 0.0, str(v))
+
+
 def _key(k, p) -> tuple:
-    return (k is not None, k if k is not None else 0, p is not None, p if p is not None else 0.0)
+    return value_order(k) + value_order(p)
 
 
 def group_cells(cells: list[Cell]) -> dict[tuple, list[Cell]]:

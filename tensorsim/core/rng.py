@@ -15,6 +15,8 @@ MASK32 = 0xFFFFFFFF
 
 # Streams: one per kind of decision, so that e.g. coins and partner picks are independent.
 COIN, PARTNER, TOKEN, GMM_QUERY, GMM_ANSWER, GMM_INIT, GMM_PICK = range(1, 8)
+# experiment dimensions (README "Asking your own question"): agent types, Beta draws of p, noise
+TYPE, BETA, NOISE, NOISE_PICK, NOISE_SLOT = range(101, 106)
 
 
 def hash32(x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ class StepRecord:
     labels: torch.Tensor  # [B, n] int64, -1 = unlabeled; the silo of each agent's answer at step t
     partner: torch.Tensor  # [B, n] int64, whose answer agent i takes in: itself where mirrored
     mirrored: torch.Tensor  # [B, n] bool
+    garbled: torch.Tensor | None = None  # [B, n] bool: the message agent i received was garbled (trial.noise)
     contexts: list[str] | None = None  # B*n, row-major [b, i]: the context each agent answered from
     responses: list[str] | None = None  # B*n, the answers
     new_tokens: int = 0
