@@ -126,6 +126,9 @@ def simulate(cfg, run_dir: str | Path, hydra_subdir: str | None = ".hydra") -> d
     }
     if protocol:
         common["protocol"] = protocol_summary(protocol, range(B))
+    kind_outputs = getattr(agents, "write_outputs", None)  # a kind's own files (agents/lora.py: adapters, drift)
+    if kind_outputs is not None:
+        common.update(kind_outputs(run_dir))
     cell_summaries = []
     for c, w in enumerate(writers):
         k, p = pops.cells[c]

@@ -12,7 +12,7 @@ from tensorsim.agents import KINDS, kind_module
 PKG = ROOT / "tensorsim"
 
 # what each part of the package may import from tensorsim (its own part always). Top-level modules are
-# named one by one; the CLIs (__main__, report, analyze, overrides) may import anything.
+# named one by one; the CLIs (__main__, report, analyze, overrides, export_adapters) may import anything.
 ALLOWED = {
     "core": {"errors"},
     "lm": {"core", "errors"},
@@ -26,7 +26,7 @@ ALLOWED = {
     "config": {"agents", "core", "errors", "outputs"},
     "run": {"agents", "analysis", "checkpoint", "config", "core", "errors", "lm", "outputs"},
 }
-CLI = {"__main__", "report", "analyze", "overrides"}
+CLI = {"__main__", "report", "analyze", "overrides", "export_adapters"}
 
 
 def module_name(path: Path) -> str:

@@ -150,3 +150,93 @@ def test_hooks_on_the_transformers_model_match_peft():
             pm = peft_copy(tiny(), lora, a)
             torch.testing.assert_close(ours[j], pm(input_ids=ids[j:j + 1]).logits[0], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(plain, ours)
+
+
+def test_drift_measures_match_explicit_products():
+    from tensorsim.lm.lora import adapter_gram, cosine_distances, mean_off_diagonal, update_norms
+
+    model = tiny()
+    n = 3
+    lora = stacked(model, 2 * n)  # two populations of 3
+    new = {k: p + 0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(7)) for k, p in lora.params.items()}
+    keys = lora.keys()
+
+    def flat(params):  # [R, sum d_out d_in]: B A of every projection, flattened
+        return torch.cat([torch.bmm(params[f"{k}.B"], params[f"{k}.A"]).flatten(1) for k in keys], 1).double()
+
+    torch.testing.assert_close(update_norms(lora.params, new, keys), (flat(new) - flat(lora.params)).norm(dim=1))
+    f = flat(new).reshape(2, n, -1)
+    cos = torch.nn.functional.cosine_similarity(f[:, :, None], f[:, None, :], dim=-1)
+    d = cosine_distances(adapter_gram(new, keys, n))
+    torch.testing.assert_close(d, 1 - cos)
+    assert d.diagonal(dim1=1, dim2=2).abs().max() < 1e-9
+    torch.testing.assert_close(mean_off_diagonal(d)[0, 0], (d[0, 0, 1] + d[0, 0, 2]) / 2)
+    zero = {k: torch.zeros_like(p) for k, p in new.items()}  # B = 0: identical (base) adapters, distance 0
+    assert cosine_distances(adapter_gram(zero, keys, n)).abs().max() == 0
+
+
+def test_training_rows_fit_the_budget():
+    from tensorsim.lm.lora import training_bytes_per_token, training_rows
+
+    c = tiny().config
+    per_row = training_bytes_per_token(c, torch.float32) * 100
+    assert training_rows(c, torch.float32, 100, None, 30) == 30
+    assert training_rows(c, torch.float32, 100, 10 * per_row / 2**30, 30) == 10
+    assert training_rows(c, torch.float32, 100, 1e-12, 30) == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tiny_models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    llm_dir = tiny_models[0]
+    return llm_dir, AutoTokenizer.from_pretrained(llm_dir)
+
+
+def load_base(llm_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32).eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("engine", ["fast", "hf"])
+def test_generation_with_adapters_equals_peft_generate(tiny_pair, engine):
+    from tensorsim.lm.generate import Generator, SamplingConfig
+
+    llm_dir, tok = tiny_pair
+    model = load_base(llm_dir)
+    lora = stacked(model, 3, targets=["q_proj", "v_proj", "gate_proj"])
+    for k, p in lora.params.items():
+        p.mul_(20)  # large updates, so every adapter writes something different
+    gen = Generator(model, tok, SamplingConfig(temperature=0, max_new_tokens=12, stop_at_sentence_end=False,
+                                               engine=engine, max_rows=3 if engine == "fast" else 256))
+    gen.use_adapters(lora)
+    prompts = [tok("The prettiest flower is")["input_ids"]] * 3 + [tok("A rose")["input_ids"]]
+    agents = torch.tensor([0, 1, 2, 1])  # one prompt through three adapters: never merged by dedup
+    out = gen(prompts, torch.zeros(4, dtype=torch.long), agents)
+    for j, a in enumerate(agents.tolist()):
+        pm = peft_copy(load_base(llm_dir), lora, a)
+        ref = pm.generate(input_ids=torch.tensor([prompts[j]]), max_new_tokens=12, do_sample=False,
+                          pad_token_id=tok.pad_token_id)[0, len(prompts[j]):].tolist()
+        if tok.eos_token_id in ref:  # peft's output ends at EOS, then pads; ours leaves EOS out
+            ref = ref[:ref.index(tok.eos_token_id)]
+        assert out[j] == ref, (j, a)
+    assert len({tuple(o) for o in out[:3]}) > 1  # the adapters changed the answers
+
+
+def test_exported_adapter_loads_in_peft_with_the_same_logits(tiny_pair, tmp_path):
+    from peft import PeftModel
+
+    from tensorsim.lm.lora import save_peft_adapter
+
+    llm_dir, _ = tiny_pair
+    model = load_base(llm_dir)
+    lora = stacked(model, 4, targets=["k_proj", "o_proj", "up_proj"])
+    lora.install(model)
+    save_peft_adapter(tmp_path / "a3", lora.params, 3, lora.rank, lora.alpha, lora.targets, str(llm_dir))
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad(), lora.rows_of(torch.tensor([3])):
+        ours = model(input_ids=ids).logits
+    pm = PeftModel.from_pretrained(load_base(llm_dir), tmp_path / "a3")
+    with torch.no_grad():
+        torch.testing.assert_close(pm(input_ids=ids).logits, ours, rtol=1e-5, atol=1e-5)

@@ -189,6 +189,7 @@ class Generator:
         self.kv_per_token = kv_bytes_per_token(model.config, next(model.parameters()).dtype)
         self.fast = self._fast_model(model, cfg.engine)
         self.adapters = None  # a StackedLoRA: set by use_adapters
+        self.reserved_bytes = 0  # memory the budget holds for something else (adapters and their optimizer)
 
     def use_adapters(self, adapters) -> None:
         """Rows may name an adapter of `adapters` (tensorsim.lm.lora.StackedLoRA) from now on: on the fast
@@ -219,7 +220,7 @@ class Generator:
         if not self.cfg.memory_budget_gb:
             return self.max_rows
         per_row = self.kv_per_token * (prompt_len - shared + self.cfg.max_new_tokens)
-        budget = self.cfg.memory_budget_gb * 2**30 - self.kv_per_token * shared
+        budget = self.cfg.memory_budget_gb * 2**30 - self.kv_per_token * shared - self.reserved_bytes
         return max(1, min(self.max_rows, int(budget // per_row)))
 
     def _shared_prefix(self, prompts: list[list[int]]) -> int:

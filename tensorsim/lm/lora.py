@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 # peft's names for the LLaMA projections, and the fused FastLlama projection each belongs to
 TARGETS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o",
@@ -146,16 +147,16 @@ class StackedLoRA:
         finally:
             self.hf_agent = None
 
-    # -- what an agent's adapter is ------------------------------------------------------------------
-    def products(self) -> torch.Tensor:
-        """Every adapter's B A over all targets, flattened: [R, sum of d_out d_in] float32."""
-        flat = [torch.bmm(self.params[f"{k}.B"].float(), self.params[f"{k}.A"].float()).flatten(1)
-                for k in self.keys()]
-        return torch.cat(flat, dim=1)
-
     def keys(self) -> list[str]:
         """'layers.{i}.{proj}' of every adapted projection, in order."""
         return [f"layers.{i}.{proj}" for i in range(self.layers) for proj in self.targets]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: p.cpu().clone() for k, p in self.params.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, p in self.params.items():
+            p.copy_(state[k])
 
 
 class Adam:
@@ -247,3 +248,99 @@ def train_step(model, lora: StackedLoRA, opt: Adam, prompts, answers, agent: tor
         grads = {k: (p.grad if p.grad is not None else torch.zeros_like(p)) for k, p in leaves.items()}
     opt.step(lora.params, grads)
     return torch.cat(losses)
+
+
+# -- how far the adapters drift (never materialising B A: d_out x d_in per projection per agent) ------
+def product_inner(A1: torch.Tensor, B1: torch.Tensor, A2: torch.Tensor, B2: torch.Tensor) -> torch.Tensor:
+    """<B1 A1, B2 A2>_F per agent: A: [R, r, d_in], B: [R, d_out, r] -> [R], as sum((B1^T B2) * (A1 A2^T)),
+    r x r matrices instead of d_out x d_in ones."""
+    return ((B1.transpose(1, 2) @ B2) * (A1 @ A2.transpose(1, 2))).sum((1, 2))
+
+
+def update_norms(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
+    """||B'A' - BA||_F of each agent's weight update over all adapted projections -> [R] float64."""
+    sq = 0
+    for k in keys:
+        a0, b0, a1, b1 = (t.double() for t in (old[f"{k}.A"], old[f"{k}.B"], new[f"{k}.A"], new[f"{k}.B"]))
+        sq = sq + product_inner(a1, b1, a1, b1) + product_inner(a0, b0, a0, b0) - 2 * product_inner(a1, b1, a0, b0)
+    return sq.clamp_min(0).sqrt()
+
+
+def adapter_gram(params: dict[str, torch.Tensor], keys: list[str], n: int) -> torch.Tensor:
+    """<B_i A_i, B_j A_j>_F between the agents of each population of n (rows b*n .. b*n+n-1) -> [Bp, n, n]."""
+    gram = 0
+    for k in keys:
+        A = rearrange(params[f"{k}.A"].double(), "(b n) r d -> b n r d", n=n)
+        B = rearrange(params[f"{k}.B"].double(), "(b n) o r -> b n o r", n=n)
+        gram = gram + (torch.einsum("biop,bjoq->bijpq", B, B) * torch.einsum("bipd,bjqd->bijpq", A, A)).sum((-1, -2))
+    return gram
+
+
+def cosine_distances(gram: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity from a Gram matrix [..., n, n]; 0 between two zero adapters (identical)."""
+    norm = gram.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()  # [..., n]
+    denom = norm[..., :, None] * norm[..., None, :]
+    cos = torch.where(denom > 0, gram / denom.clamp_min(1e-300), torch.ones_like(gram))
+    return (1 - cos).clamp(0, 2)
+
+
+def mean_off_diagonal(d: torch.Tensor) -> torch.Tensor:
+    """Each agent's mean distance to the other agents of its population: [..., n, n] -> [..., n]."""
+    n = d.shape[-1]
+    return (d.sum(-1) - d.diagonal(dim1=-2, dim2=-1)) / max(n - 1, 1)
+
+
+# -- memory -------------------------------------------------------------------------------------------
+def adapter_bytes(config, R: int, rank: int, targets: list[str]) -> int:
+    """Adapters, gradients and Adam's two moments, float32: 4 copies of A and B for R agents."""
+    per = sum(rank * sum(projection_dims(config, p)) for p in targets) * config.num_hidden_layers
+    return 4 * 4 * R * per
+
+
+def training_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Activations a training forward keeps for backward, per token, in the model dtype (an upper
+    estimate: every layer's norms, projections' inputs and outputs, attention and MLP intermediates),
+    plus the float32 logits and their gradient at an answer token."""
+    d, ff = config.hidden_size, config.intermediate_size
+    elt = torch.finfo(dtype).bits // 8
+    per_layer = 12 * d + 5 * ff
+    return elt * per_layer * config.num_hidden_layers + 8 * config.vocab_size
+
+
+def training_rows(config, dtype: torch.dtype, seq_len: int, budget_gb: float | None, rows: int) -> int:
+    """Rows per training micro-batch: all `rows` unless their activations exceed budget_gb."""
+    if not budget_gb:
+        return rows
+    per_row = training_bytes_per_token(config, dtype) * seq_len
+    return max(1, min(rows, int(budget_gb * 2**30 // per_row)))
+
+
+# -- peft interoperability ----------------------------------------------------------------------------
+def peft_tensors(params: dict[str, torch.Tensor], keys: list[str], agent: int) -> dict[str, torch.Tensor]:
+    """Agent `agent`'s adapter under the names PeftModel.save_pretrained writes for a LLaMA-family model."""
+    out = {}
+    for key in keys:
+        _, layer, proj = key.split(".")
+        name = f"base_model.model.model.layers.{layer}.{PARENT[proj]}.{proj}"
+        out[f"{name}.lora_A.weight"] = params[f"{key}.A"][agent].float().contiguous()  # [r, d_in]
+        out[f"{name}.lora_B.weight"] = params[f"{key}.B"][agent].float().contiguous()  # [d_out, r]
+    return out
+
+
+def save_peft_adapter(out_dir, params: dict[str, torch.Tensor], agent: int, rank: int, alpha: float,
+                      targets: list[str], base_model: str | None) -> None:
+    """Writes adapter_config.json (a peft LoraConfig) and adapter_model.safetensors into out_dir: the
+    layout PeftModel.from_pretrained(base, out_dir) loads."""
+    from pathlib import Path
+
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layers = sorted({int(k.split(".")[1]) for k in params})
+    keys = [f"layers.{i}.{proj}" for i in layers for proj in targets]
+    config = LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=list(targets), lora_dropout=0.0,
+                        bias="none", task_type="CAUSAL_LM", base_model_name_or_path=base_model)
+    config.save_pretrained(str(out_dir))
+    save_file(peft_tensors(params, keys, agent), str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})

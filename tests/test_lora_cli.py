@@ -1,0 +1,111 @@
+"""agents=lora through the CLI: every output, bad values, kill -9 and resume, export to peft."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, run_cli
+
+OUTPUTS = ["metrics.csv", "agents.csv", "transcript.jsonl", "stability.png", "entropy.png", "silos.png",
+           "summary.json", "adapters.safetensors", "drift.csv"]
+
+
+def test_smoke_trial_with_lora_agents_writes_every_output(tmp_path):
+    """The embedded SmolLM2, trial=smoke, agents=lora."""
+    r = run_cli("trial=smoke", "agents=lora", f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for f in OUTPUTS:
+        assert (tmp_path / f).is_file() and (tmp_path / f).stat().st_size > 0, f
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["models"]["agents"] == "lora" and s["complete"]
+    lora = s["lora"]
+    assert lora["rank"] == 8 and lora["target_modules"] == ["q_proj", "v_proj"]
+    steps = s["steps"]
+    for column in ("loss", "update_norm", "adapter_distance", "answer_distance"):
+        assert len(lora["mean_per_step"][column]) == steps
+    assert all(x > 0 for x in lora["mean_per_step"]["update_norm"])  # every step trained
+    assert all(0 <= x <= 2 for x in lora["mean_per_step"]["adapter_distance"])
+    rows = (tmp_path / "drift.csv").read_text().splitlines()
+    assert len(rows) == 1 + steps * s["n"]
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["agents.rank=0"], "agents.rank=0 is not allowed"),
+    (["agents.lr=0"], "agents.lr=0 is not allowed"),
+    (["agents.lr=-1e-3"], "agents.lr=-0.001 is not allowed"),
+    (["agents.target_modules=[q_proj,attn]"], "agents.target_modules='attn' is not allowed: one of q_proj"),
+    (["agents.train_steps=-1"], "agents.train_steps=-1 is not allowed"),
+    (["agents.context=maybe"], "agents.context='maybe' is not allowed"),
+])
+def test_bad_lora_values_are_one_line_and_exit_2(tmp_path, overrides, fragment):
+    r = run_cli("trial=smoke", "agents=lora", *overrides, f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], r.stderr
+
+
+def tiny_run(tiny_models, *extra):
+    from tiny_models import overrides
+
+    return ["trial=smoke", "agents=lora", "dtype=float32", "agents.lr=0.01", "trial.steps=8", "trial.window=3",
+            "checkpoint.every=2", *overrides(tiny_models), *extra]
+
+
+def test_kill_9_then_resume_is_byte_identical(tiny_models, tmp_path):
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    args = tiny_run(tiny_models, "agents.context=true")
+    r = run_cli(*args, f"hydra.run.dir={whole}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    proc = subprocess.Popen([sys.executable, "-m", "tensorsim", *args, f"hydra.run.dir={crashed}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (crashed / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (crashed / "summary.json").exists()
+    state = torch.load(crashed / "checkpoint.pt", weights_only=False)["agents"]
+    assert state["adam"]["steps"] >= 2 and set(state["adapters"]) == set(state["adam"]["m"])
+    r = run_cli("resume=true", f"hydra.run.dir={crashed}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming" in r.stdout
+    for f in OUTPUTS[:3] + ["adapters.safetensors", "drift.csv"]:
+        assert (crashed / f).read_bytes() == (whole / f).read_bytes(), f
+
+
+def test_export_cli_writes_an_adapter_peft_loads_with_the_same_logits(tiny_models, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tensorsim.export_adapters import stacked_adapters
+    from tensorsim.lm.lora import StackedLoRA
+
+    run = tmp_path / "run"
+    r = run_cli(*tiny_run(tiny_models, "trial.steps=2", "trial.window=2"), f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cli(run, "--agent", 4, "--out", tmp_path / "a4", module="tensorsim.export_adapters")
+    assert r.returncode == 0, r.stderr
+    bad = run_cli(run, "--agent", 6, "--out", tmp_path / "x", module="tensorsim.export_adapters")
+    assert bad.returncode == 2 and "--agent=6 is not allowed: an agent index in 0..5" in bad.stderr
+
+    def base():
+        return AutoModelForCausalLM.from_pretrained(tiny_models[0], dtype=torch.float32).eval()
+
+    params, meta = stacked_adapters(run)
+    model = base()
+    lora = StackedLoRA(model.config, 6, meta["rank"], meta["alpha"], meta["target_modules"], torch.device("cpu"))
+    lora.load_state_dict(params)
+    assert any(p.abs().sum() > 0 for k, p in params.items() if k.endswith(".B"))  # trained: B moved off zero
+    lora.install(model)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad(), lora.rows_of(torch.tensor([4])):
+        ours = model(input_ids=ids).logits
+    pm = PeftModel.from_pretrained(base(), tmp_path / "a4")
+    with torch.no_grad():
+        torch.testing.assert_close(pm(input_ids=ids).logits, ours, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(base()(input_ids=ids).logits, ours)
