@@ -78,32 +78,59 @@ def test_kill_9_then_resume_is_byte_identical(tiny_models, tmp_path):
         assert (crashed / f).read_bytes() == (whole / f).read_bytes(), f
 
 
-def test_export_cli_writes_an_adapter_peft_loads_with_the_same_logits(tiny_models, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_lora_grid(tiny_models, tmp_path_factory):
+    """A packed grid (2 cells x 2 replicas) of tiny agents=lora runs, 3 steps."""
+    run = tmp_path_factory.mktemp("lora_grid")
+    r = run_cli(*tiny_run(tiny_models, "trial.steps=3", "trial.window=2", "trial.p=[0.2,0.8]", "trial.replicas=2"),
+                f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return run
+
+
+def test_report_adds_the_weight_drift_of_each_cell(tiny_lora_grid, tmp_path):
+    import csv
+
+    rows = list(csv.DictReader(open(tiny_lora_grid / "drift.csv")))
+    assert len(rows) == 4 * 3 * 6  # populations x steps x agents
+    assert {(r["p"], r["replica"]) for r in rows} == {("0.2", "0"), ("0.2", "1"), ("0.8", "0"), ("0.8", "1")}
+    r = run_cli(tiny_lora_grid, "--out", tmp_path / "rep", module="tensorsim.report")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "rep" / "drift.png").stat().st_size > 0
+    md = (tmp_path / "rep" / "phase.md").read_text()
+    assert "## Weight drift (agents=lora)" in md
+    table = [line for line in md.splitlines() if line.startswith("| 2 | 0.")]
+    assert len(table) == 4  # the phase table's and the drift table's row of each cell
+    p02 = [float(r["update_norm"]) for r in rows if r["p"] == "0.2" and r["t"] == "2"]
+    assert f"| 2 | 0.2 | 2 | {sum(p02) / len(p02):.4g} |" in md
+
+
+def test_export_cli_writes_an_adapter_peft_loads_with_the_same_logits(tiny_models, tiny_lora_grid, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from tensorsim.export_adapters import stacked_adapters
     from tensorsim.lm.lora import StackedLoRA
 
-    run = tmp_path / "run"
-    r = run_cli(*tiny_run(tiny_models, "trial.steps=2", "trial.window=2"), f"hydra.run.dir={run}")
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = run_cli(run, "--agent", 4, "--out", tmp_path / "a4", module="tensorsim.export_adapters")
+    run = tiny_lora_grid
+    r = run_cli(run, "--agent", 4, "--population", 3, "--out", tmp_path / "a4", module="tensorsim.export_adapters")
     assert r.returncode == 0, r.stderr
     bad = run_cli(run, "--agent", 6, "--out", tmp_path / "x", module="tensorsim.export_adapters")
     assert bad.returncode == 2 and "--agent=6 is not allowed: an agent index in 0..5" in bad.stderr
+    bad = run_cli(run, "--agent", 0, "--population", 4, "--out", tmp_path / "x", module="tensorsim.export_adapters")
+    assert bad.returncode == 2 and "--population=4 is not allowed: a population index in 0..3" in bad.stderr
 
     def base():
         return AutoModelForCausalLM.from_pretrained(tiny_models[0], dtype=torch.float32).eval()
 
     params, meta = stacked_adapters(run)
     model = base()
-    lora = StackedLoRA(model.config, 6, meta["rank"], meta["alpha"], meta["target_modules"], torch.device("cpu"))
+    lora = StackedLoRA(model.config, 24, meta["rank"], meta["alpha"], meta["target_modules"], torch.device("cpu"))
     lora.load_state_dict(params)
     assert any(p.abs().sum() > 0 for k, p in params.items() if k.endswith(".B"))  # trained: B moved off zero
     lora.install(model)
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
-    with torch.no_grad(), lora.rows_of(torch.tensor([4])):
+    with torch.no_grad(), lora.rows_of(torch.tensor([3 * 6 + 4])):
         ours = model(input_ids=ids).logits
     pm = PeftModel.from_pretrained(base(), tmp_path / "a4")
     with torch.no_grad():

@@ -185,7 +185,7 @@ class LoRAAgents(LLMAgents):
             T = drift["loss"].shape[0]
             for t in range(T):
                 for b in range(self.B):
-                    k, p, r = int(pops.k[b]), float(pops.p[b]), int(pops.replica[b])
+                    (k, p), r = pops.cells[int(pops.cell[b])], int(pops.replica[b])  # p as configured, not float32
                     for i in range(self.n):
                         w.writerow([b, k, p, r, t, i, *(f"{float(drift[c][t, b, i]):.6g}" for c in DRIFT_COLUMNS)])
         means = {c: [round(float(x), 6) for x in drift[c].mean((1, 2))] for c in DRIFT_COLUMNS}  # per step
