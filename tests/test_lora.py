@@ -240,3 +240,46 @@ def test_exported_adapter_loads_in_peft_with_the_same_logits(tiny_pair, tmp_path
     pm = PeftModel.from_pretrained(load_base(llm_dir), tmp_path / "a3")
     with torch.no_grad():
         torch.testing.assert_close(pm(input_ids=ids).logits, ours, rtol=1e-5, atol=1e-5)
+
+
+def test_each_agent_trains_on_the_answer_it_received(tiny_models, monkeypatch):
+    """Mirrored agents train on their own answer, the others on their partner's, after their own prompt;
+    with agents.context=false the contexts stay as they were."""
+    import tiny_models as tm
+    from conftest import ROOT
+    from hydra import compose, initialize_config_dir
+
+    import tensorsim.agents.lora as lora_kind
+    from tensorsim.core.populations import build_populations
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["trial=smoke", "agents=lora", "dtype=float32",
+                                                        "trial.replicas=2", *tm.overrides(tiny_models)])
+    pops = build_populations(cfg.trial.k, cfg.trial.p, cfg.trial.replicas, cfg.seed)
+    agents, _, used = lora_kind.build(cfg, pops, torch.device("cpu"), torch.float32)
+    assert used["agents"] == "lora" and used["adapter_memory_bytes"] > 0
+    seen = []
+    real = lora_kind.train_step
+
+    def spy(model, lora, opt, prompts, answers, agent, pad_id, micro_rows=None):
+        seen.append((prompts, answers, agent.clone()))
+        return real(model, lora, opt, prompts, answers, agent, pad_id, micro_rows)
+
+    monkeypatch.setattr(lora_kind, "train_step", spy)
+    before = agents.contexts()
+    rec = agents.step(0)
+    (prompts, answers, agent), = seen  # train_steps=1: one call, all B*n rows
+    B, n = 2, cfg.trial.n
+    assert agent.tolist() == list(range(B * n))
+    assert prompts == agents.prompts(rec.contexts)
+    src = rec.partner
+    assert bool((src[rec.mirrored] == torch.arange(n).expand(B, n)[rec.mirrored]).all())
+    prefix = cfg.prompt.answer_prefix
+    for b in range(B):
+        for i in range(n):
+            text = rec.responses[b * n + int(src[b, i])]
+            want = agents.tokenizer(text[len(prefix):], add_special_tokens=False)["input_ids"]
+            assert answers[b * n + i] == want
+    assert agents.contexts() == before  # context=false: only the weights learn
+    assert set(rec.extra["drift"]) == {"loss", "update_norm", "adapter_distance", "answer_distance"}
+    assert rec.extra["drift"]["update_norm"].shape == (B, n) and bool((rec.extra["drift"]["update_norm"] > 0).all())

@@ -109,7 +109,7 @@ class LoRAAgents(LLMAgents):
         src, responses = self._received
         received = [responses[b * self.n + j] for b, row in enumerate(src.tolist()) for j in row]  # B*n
         prompts = self.prompts(rec.contexts)
-        answers = [self.answer_ids(text) for text in received]
+        answers = self.answer_ids(received)
         before = {k: p.clone() for k, p in self.lora.params.items()}
         loss = torch.zeros(self.B * self.n)
         for s in range(int(self.cfg.agents.train_steps)):
@@ -123,11 +123,11 @@ class LoRAAgents(LLMAgents):
         rec.extra["drift"] = drift
         return rec
 
-    def answer_ids(self, text: str) -> list[int]:
-        """The tokens an agent would write after its prompt to give `text`: the answer without the prefix
-        the prompt already ends with."""
+    def answer_ids(self, texts: list[str]) -> list[list[int]]:
+        """The tokens an agent would write after its prompt to give each text: the answer without the
+        prefix the prompt already ends with (one tokenizer call for all)."""
         prefix = self.cfg.prompt.answer_prefix or ""
-        rest = text[len(prefix):] if prefix and text.startswith(prefix) else text
+        rest = [x[len(prefix):] if prefix and x.startswith(prefix) else x for x in texts]
         return self.tokenizer(rest, add_special_tokens=False)["input_ids"]
 
     def train_rows(self, prompts, answers) -> int | None:
