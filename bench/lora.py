@@ -10,6 +10,8 @@ Prints one JSON line: seconds per phase, agent-steps/s of each mode and their ra
 
     .venv/bin/python bench/lora.py --n 6 --steps 1            # the embedded SmolLM2
     .venv/bin/python bench/lora.py --n 30 --model-path DIR     # another LLaMA-family model
+    python3 bench/lora.py --n 30 --random smollm2 --dtype bfloat16 --device cuda   # gpu_check.sh: random
+        weights of SmolLM2-135M's shape and the test tokenizer (tests/tiny_models.py), nothing downloaded
 """
 from __future__ import annotations
 
@@ -108,6 +110,33 @@ def per_agent(model, tokenizer, lora, prompts, answers, steps: int, max_new: int
     return {"seconds": round(tm.seconds, 3), "new_tokens": tokens, "agent_steps_per_s": round(n * steps / tm.seconds, 3)}
 
 
+SHAPES = {  # random-weight LLaMA shapes (vocabulary 32000: the test tokenizer uses its first 400 ids)
+    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3),
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32),
+}
+
+
+def random_model(shape: str, device, dtype):
+    """-> (LlamaForCausalLM of `shape` with N(0, 0.02) weights, the tokenizer of tests/tiny_models.py)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from tiny_models import tokenizer as test_tokenizer
+
+    tok = test_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**SHAPES[shape], vocab_size=32000, max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, bos_token_id=None)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(dtype).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02)
+    return model, tok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=6)
@@ -117,19 +146,24 @@ def main() -> None:
     ap.add_argument("--targets", default="q_proj,v_proj")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--model-path", default=None, help="a local LLaMA-family model (default: the embedded SmolLM2)")
+    ap.add_argument("--random", choices=sorted(SHAPES), default=None, help="random weights of this shape")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
     from tensorsim.lm.lora import StackedLoRA
     from tensorsim.lm.models import load_llm, resolve_device, resolve_dtype
 
-    overrides = [f"trial.n={args.n}", f"dtype={args.dtype}"]
+    overrides = [f"trial.n={args.n}", f"dtype={args.dtype}", f"device={args.device}"]
     if args.model_path:
         overrides += ["model.source=path", f"model.path={args.model_path}"]
     cfg = config(*overrides)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    model, tokenizer = load_llm(cfg.model, device, dtype)
+    if args.random:
+        model, tokenizer = random_model(args.random, device, dtype)
+    else:
+        model, tokenizer = load_llm(cfg.model, device, dtype)
     model.requires_grad_(False)
     prompts, answers = workload(cfg, tokenizer, args.n)
     targets = args.targets.split(",")
@@ -140,7 +174,7 @@ def main() -> None:
     ours = batched(model, tokenizer, fresh(), prompts, answers, args.steps, args.max_new_tokens, args.lr)
     theirs = per_agent(model, tokenizer, fresh(), prompts, answers, args.steps, args.max_new_tokens, args.lr)
     emit({"bench": "lora", "n": args.n, "steps": args.steps, "max_new_tokens": args.max_new_tokens,
-          "rank": args.rank, "targets": targets, "model": str(args.model_path or cfg.model.name),
+          "rank": args.rank, "targets": targets, "model": f"random {args.random}" if args.random else str(args.model_path or cfg.model.name),
           "prompt_tokens_mean": round(sum(map(len, prompts)) / len(prompts), 1),
           "batched": ours, "per_agent_peft": theirs,
           "speedup": round(ours["agent_steps_per_s"] / theirs["agent_steps_per_s"], 2)}, dtype)
