@@ -34,7 +34,7 @@ part tests_knn 100 $PY -m pytest -q -p no:cacheprovider tests/test_knn_backends.
 # 2. decode throughput of a 7B-shaped random-weight model (bf16), batch 30 and 240, fast and hf engines
 part gpu_decode 120 $PY bench/gpu_decode.py --batch 30 240 --budget-s 70
 # agents=lora: batched adapters (generate + train) vs a per-agent peft loop, n=30, SmolLM2-shaped random weights
-part lora 30 $PY bench/lora.py --n 30 --random smollm2 --dtype bfloat16 --device cuda --max-new-tokens 16
+part lora 30 $PY bench/lora.py --n 30 --random smollm2 --dtype bfloat16 --device cuda --max-new-tokens 16 --budget-s 8
 # 3. neighbours at scale and the GMM proxy on the GPU
 part knn 45 $PY bench/knn_backends.py --device cuda --max-total-s 25
 part proxy 60 $PY bench/proxy_scaling.py --device cuda --max-total-s 30 --out "$OUT/proxy_scaling.png"

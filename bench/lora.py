@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -68,7 +69,8 @@ def batched(model, tokenizer, lora, prompts, answers, steps: int, max_new: int, 
             "new_tokens": tokens, "agent_steps_per_s": round(n * steps / total, 3)}
 
 
-def per_agent(model, tokenizer, lora, prompts, answers, steps: int, max_new: int, lr: float) -> dict:
+def per_agent(model, tokenizer, lora, prompts, answers, steps: int, max_new: int, lr: float,
+              budget_s: float | None = None) -> dict:
     """The loop a peft user writes: one PeftModel, each agent's adapter and Adam state swapped in and out."""
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -101,13 +103,20 @@ def per_agent(model, tokenizer, lora, prompts, answers, steps: int, max_new: int
         return out.shape[1] - len(prompts[i])
 
     one(0)  # warm-up
-    tokens = 0
+    tokens = done = 0
     with Timer() as tm:
         for _ in range(steps):
             for i in range(n):  # the baseline: a Python loop over agents, by construction
                 tokens += one(i)
+                done += 1
+                if budget_s is not None and time.perf_counter() - tm.t0 > budget_s:
+                    break
+            else:
+                continue
+            break
     pm.unload()
-    return {"seconds": round(tm.seconds, 3), "new_tokens": tokens, "agent_steps_per_s": round(n * steps / tm.seconds, 3)}
+    return {"seconds": round(tm.seconds, 3), "agent_steps": done, "new_tokens": tokens,
+            "agent_steps_per_s": round(done / tm.seconds, 3)}
 
 
 SHAPES = {  # random-weight LLaMA shapes (vocabulary 32000: the test tokenizer uses its first 400 ids)
@@ -149,6 +158,8 @@ def main() -> None:
     ap.add_argument("--random", choices=sorted(SHAPES), default=None, help="random weights of this shape")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="stop the per-agent loop after this many seconds (its rate over the agents done)")
     args = ap.parse_args()
 
     from tensorsim.lm.lora import StackedLoRA
@@ -172,7 +183,8 @@ def main() -> None:
         return StackedLoRA(model.config, args.n, args.rank, 2.0 * args.rank, targets, device, seed=0)
 
     ours = batched(model, tokenizer, fresh(), prompts, answers, args.steps, args.max_new_tokens, args.lr)
-    theirs = per_agent(model, tokenizer, fresh(), prompts, answers, args.steps, args.max_new_tokens, args.lr)
+    theirs = per_agent(model, tokenizer, fresh(), prompts, answers, args.steps, args.max_new_tokens, args.lr,
+                       args.budget_s)
     emit({"bench": "lora", "n": args.n, "steps": args.steps, "max_new_tokens": args.max_new_tokens,
           "rank": args.rank, "targets": targets, "model": f"random {args.random}" if args.random else str(args.model_path or cfg.model.name),
           "prompt_tokens_mean": round(sum(map(len, prompts)) / len(prompts), 1),
