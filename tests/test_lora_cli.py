@@ -136,3 +136,17 @@ def test_export_cli_writes_an_adapter_peft_loads_with_the_same_logits(tiny_model
     with torch.no_grad():
         torch.testing.assert_close(pm(input_ids=ids).logits, ours, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(base()(input_ids=ids).logits, ours)
+
+
+def test_hf_engine_runs_lora_agents_and_a_budget_too_small_for_the_adapters_is_refused(tiny_models, tmp_path):
+    r = run_cli(*tiny_run(tiny_models, "trial.steps=2", "trial.window=2", "generation.engine=hf",
+                          "generation.memory_budget_gb=0.05"), f"hydra.run.dir={tmp_path / 'hf'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((tmp_path / "hf" / "summary.json").read_text())
+    assert all(x > 0 for x in s["lora"]["mean_per_step"]["update_norm"])
+    r = run_cli(*tiny_run(tiny_models, "generation.memory_budget_gb=1e-6"), f"hydra.run.dir={tmp_path / 'small'}")
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error")]  # after the loading bars
+    assert errors == [r.stderr.strip().splitlines()[-1]], r.stderr
+    assert "generation.memory_budget_gb=1e-06 is not allowed: the 6 adapters with their gradients and Adam " \
+           "moments alone take 0.33 MiB" in errors[0], r.stderr

@@ -92,7 +92,7 @@ class LoRAAgents(LLMAgents):
         budget = cfg.generation.get("memory_budget_gb")
         if budget and self.adapter_memory > budget * 2**30:
             raise UserError(f"generation.memory_budget_gb={budget} is not allowed: the {R} adapters with their "
-                            f"gradients and Adam moments alone take {self.adapter_memory / 2**30:.2f} GiB")
+                            f"gradients and Adam moments alone take {self.adapter_memory / 2**20:.2f} MiB")
         self.generator.reserved_bytes = self.adapter_memory
         self.drift: dict[str, list[torch.Tensor]] = {c: [] for c in DRIFT_COLUMNS}  # each step: [B, n]
         self._received = None
