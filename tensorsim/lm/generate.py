@@ -249,8 +249,8 @@ class Generator:
             chunk = prompts[i:i + self.max_rows]
             step = self.rows_for_budget(max(len(p) for p in chunk), self._shared_prefix(chunk) if agents is None else 0)
             try:
-                out += self._generate_chunk(prompts[i:i + step], row_keys[i:i + step], offset=i,
-                                            agents=None if agents is None else agents[i:i + step])
+                adapted = {} if agents is None else {"agents": agents[i:i + step]}
+                out += self._generate_chunk(prompts[i:i + step], row_keys[i:i + step], offset=i, **adapted)
             except torch.OutOfMemoryError:
                 self._out_of_memory(step)
                 continue
@@ -382,7 +382,7 @@ class Generator:
             inverse, seq_rows = list(range(len(admitted))), list(admitted)
         seqs = [prompts[r][P:] for r in seq_rows]
         seq_agents = None if agents is None else agents[torch.tensor(seq_rows)]
-        slots, logits = batch.admit(seqs, inverse, seq_agents)
+        slots, logits = batch.admit(seqs, inverse) if agents is None else batch.admit(seqs, inverse, seq_agents)
         self.stats.prefill_tokens += sum(len(s) for s in seqs)
         self.stats.forward_rows += len(seqs)
         return slots, logits
