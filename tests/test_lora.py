@@ -281,5 +281,8 @@ def test_each_agent_trains_on_the_answer_it_received(tiny_models, monkeypatch):
             want = agents.tokenizer(text[len(prefix):], add_special_tokens=False)["input_ids"]
             assert answers[b * n + i] == want
     assert agents.contexts() == before  # context=false: only the weights learn
+    assert agents.train_rows(prompts, answers) == B * n  # all rows in one pass: within max_rows and no budget
+    cfg.generation.max_rows = 5
+    assert agents.train_rows(prompts, answers) == 5
     assert set(rec.extra["drift"]) == {"loss", "update_norm", "adapter_distance", "answer_distance"}
     assert rec.extra["drift"]["update_norm"].shape == (B, n) and bool((rec.extra["drift"]["update_norm"] > 0).all())

@@ -130,7 +130,9 @@ class LoRAAgents(LLMAgents):
         rest = [x[len(prefix):] if prefix and x.startswith(prefix) else x for x in texts]
         return self.tokenizer(rest, add_special_tokens=False)["input_ids"]
 
-    def train_rows(self, prompts, answers) -> int | None:
+    def train_rows(self, prompts, answers) -> int:
+        """Rows per training micro-batch: agents.train_rows, else generation.max_rows lowered until the
+        activations fit generation.memory_budget_gb (less the adapters' share)."""
         rows = self.cfg.agents.get("train_rows")
         if rows:
             return int(rows)
@@ -138,7 +140,8 @@ class LoRAAgents(LLMAgents):
         budget = self.cfg.generation.get("memory_budget_gb")
         if budget:
             budget = max(budget - self.adapter_memory / 2**30, 1e-3)
-        return training_rows(self.model.config, next(self.model.parameters()).dtype, longest, budget, len(prompts))
+        cap = min(len(prompts), int(self.cfg.generation.max_rows))  # a forward pass's rows, as in generation
+        return training_rows(self.model.config, next(self.model.parameters()).dtype, longest, budget, cap)
 
     @torch.no_grad()
     def measure(self, before: dict[str, torch.Tensor], loss: torch.Tensor) -> dict[str, torch.Tensor]:
