@@ -14,7 +14,9 @@ batch 256 the cache copies dominate. Here:
 The weights are the transformers model's own: the fused matrices are built once and the model's
 Linear weights become views of them, so the model still works as before. On CPU, small float32 models
 also get a oneDNN-packed copy of every projection (Linear, packing_pays): faster from 12 rows up.
-Tests compare logits with the transformers forward.
+With `adapters` (a StackedLoRA, tensorsim/lm/lora.py) each row adds its own agent's LoRA update to the
+fused projections, in prefill and decode; the cache keeps each row's agent (KVCache.agent).
+Tests compare logits with the transformers forward, and with peft where there are adapters.
 """
 from __future__ import annotations
 
