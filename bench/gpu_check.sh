@@ -2,7 +2,7 @@
 # The prepared GPU check: installs nothing from the network and prints ONE JSON line per part, also
 # into $OUT/parts.jsonl, whatever happens to the part: its exit status, seconds, whether its time limit
 # stopped it, its pytest tally or its benchmark's JSON (each part's whole output: $OUT/<part>.txt).
-# The limits sum to 565 s, under the device's 600 s per call; the benchmarks stop starting
+# The limits sum to 595 s, under the device's 600 s per call; the benchmarks stop starting
 # measurements inside theirs (--budget-s, --max-total-s), so their JSON line still comes.
 # Here first: `bash bench/gpu_wheels.sh` (packages the GPU image lacks, into .whl/). Then, with the
 # device tool, from the repository root: command `bash bench/gpu_check.sh`, carry [".whl"].
@@ -33,6 +33,8 @@ part tests_llama 60 $PY -m pytest -q -p no:cacheprovider tests/test_llama.py \
 part tests_knn 100 $PY -m pytest -q -p no:cacheprovider tests/test_knn_backends.py tests/test_interact_graph.py
 # 2. decode throughput of a 7B-shaped random-weight model (bf16), batch 30 and 240, fast and hf engines
 part gpu_decode 120 $PY bench/gpu_decode.py --batch 30 240 --budget-s 70
+# agents=lora: batched adapters (generate + train) vs a per-agent peft loop, n=30, SmolLM2-shaped random weights
+part lora 30 $PY bench/lora.py --n 30 --random smollm2 --dtype bfloat16 --device cuda --max-new-tokens 16 --budget-s 8
 # 3. neighbours at scale and the GMM proxy on the GPU
 part knn 45 $PY bench/knn_backends.py --device cuda --max-total-s 25
 part proxy 60 $PY bench/proxy_scaling.py --device cuda --max-total-s 30 --out "$OUT/proxy_scaling.png"

@@ -10,7 +10,7 @@ rm -rf .whl && mkdir -p .whl
 PIP="python3 -m pip"
 $PIP download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl transformers==5.24.0 omegaconf==2.3.1 hydra-core==1.3.8
+    -d .whl transformers==5.24.0 omegaconf==2.3.1 hydra-core==1.3.8 peft==0.21.2
 # antlr4-python3-runtime (omegaconf's parser) is published as a source archive only: build its wheel here
 $PIP wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
 ls -la .whl && du -sh .whl

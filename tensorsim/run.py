@@ -198,6 +198,9 @@ def finish(cfg, run_dir: Path, writers, pops, names, history, S, E, silos, proto
     }
     if protocol:
         common["protocol"] = protocol_summary(protocol, range(B))
+    kind_outputs = getattr(agents, "write_outputs", None)  # a kind's own files (agents/lora.py: adapters, drift)
+    if kind_outputs is not None:
+        common.update(kind_outputs(run_dir))
     cell_summaries = []
     for c, w in enumerate(writers):
         cell = dict(zip(pops.cell_keys, pops.cells[c]))

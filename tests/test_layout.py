@@ -12,7 +12,7 @@ from tensorsim.agents import KINDS, kind_module
 PKG = ROOT / "tensorsim"
 
 # what each part of the package may import from tensorsim (its own part always). Top-level modules are
-# named one by one; the CLIs (__main__, report, analyze, compare, overrides) may import anything.
+# named one by one; the CLIs (__main__, report, analyze, compare, overrides, export_adapters) may import anything.
 ALLOWED = {
     "core": {"errors"},
     "lm": {"core", "errors"},
@@ -27,7 +27,7 @@ ALLOWED = {
     "preempt": set(),
     "run": {"agents", "analysis", "checkpoint", "config", "core", "errors", "lm", "outputs", "preempt"},
 }
-CLI = {"__main__", "report", "analyze", "compare", "overrides"}
+CLI = {"__main__", "report", "analyze", "compare", "overrides", "export_adapters"}
 
 
 def module_name(path: Path) -> str:

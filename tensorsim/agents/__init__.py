@@ -19,6 +19,7 @@ from types import ModuleType
 KINDS = {
     "llm": "tensorsim.agents.llm",  # the shared LLM, each agent with its own knowledge base (SPEC §1)
     "gmm": "tensorsim.agents.gmm",  # Gaussian-mixture proxy (SPEC §2)
+    "lora": "tensorsim.agents.lora",  # LLM agents with one LoRA adapter each, trained on what they read (issue 15)
 }
 
 

@@ -76,8 +76,9 @@ def validate(cfg) -> None:
     need(r.key in RETRIEVAL_KEYS, "retrieval.key", r.key, f"one of {', '.join(RETRIEVAL_KEYS)}")
 
 
-def build(cfg, pops: Populations, device, dtype):
-    """-> (LLMAgents, the knowledge base's labels, what the run used)"""
+def build(cfg, pops: Populations, device, dtype, agents_class=None):
+    """-> (LLMAgents, the knowledge base's labels, what the run used). agents_class: a subclass of
+    LLMAgents to build instead (agents/lora.py)."""
     kb = load_kb(cfg.kb)
     if cfg.trial.n > kb.n:
         print(f"[tensorsim] trial.n={cfg.trial.n} > {kb.n} agents in the knowledge base: repeating them cyclically")
@@ -86,8 +87,8 @@ def build(cfg, pops: Populations, device, dtype):
         raise UserError(f"retrieval.top_r={cfg.retrieval.top_r} is not allowed: at most the {kb.m} entries per agent")
     model, tokenizer = load_llm(cfg.model, device, dtype)
     embedder = Embedder(cfg.embedder, device)
-    agents = LLMAgents(cfg, kb, pops, model, tokenizer, embedder, device)
-    used = {"agents": "llm", "model": weights_name(cfg.model),
+    agents = (agents_class or LLMAgents)(cfg, kb, pops, model, tokenizer, embedder, device)
+    used = {"agents": cfg.agents.kind, "model": weights_name(cfg.model),
             "model_path": str(cfg.model.get("path") or cfg.model.source), "embedder": weights_name(cfg.embedder),
             "embedder_path": str(cfg.embedder.get("path") or cfg.embedder.source), "knowledge_base": kb.name,
             "dtype": str(dtype)}
@@ -126,6 +127,8 @@ class LLMAgents:
         self.slots = retrieve(self.scores, self.top_r)  # [B, n, r]
 
         self.labeler = self._make_labeler(cfg.labeler)
+        self.row_adapters = False  # row b*n+i generates through adapter b*n+i (agents/lora.py)
+        self.last_embeddings = None  # [B, n, d] the last step's answers, embedded
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs (randomness is counter-based: no generator state)."""
@@ -162,7 +165,8 @@ class LLMAgents:
         def generate(rows: list[int], attempt: int) -> list[str]:
             keys = rng.mix(self.pops.seeds.cpu()[:, None], rng.TOKEN, t, agent[None, :], attempt).reshape(-1)
             try:
-                new = self.generator([prompt_ids[r] for r in rows], keys[rows])
+                new = self.generator([prompt_ids[r] for r in rows], keys[rows],
+                                     torch.tensor(rows) if self.row_adapters else None)
             except NonFiniteError as e:
                 pops = sorted({rows[r] // self.n for r in e.rows})
                 raise errors.NonFiniteError(f"non-finite logits at step {t} in population(s) {pops}") from None
@@ -189,6 +193,7 @@ class LLMAgents:
             bad = (~torch.isfinite(emb)).flatten(1).any(-1).nonzero().flatten().tolist()
             raise errors.NonFiniteError(f"non-finite embeddings at step {t} in population(s) {bad}")
         # labeler=name: the protocol has already labelled every answer by name
+        self.last_embeddings = emb
         labels = named.reshape(B, n) if self.labeler is self.names else self.labeler(emb)
         neighbours = graph.knn(emb, self.k_max, self.cfg.graph.backend)  # [B, n, k_max]
         partner = interact.pick_partners(pops.seeds.to(emb.device), neighbours, pops.k_at(t).to(emb.device), t)

@@ -13,6 +13,8 @@ summary.json is incomplete (still running or crashed) and is skipped with a note
   curves_entropy.png     E(t) likewise
   silo_sizes.png         per cell: mean size over runs of the largest, 2nd largest, ... silo at each step
                          (stacked areas; needs agents.csv or agents.parquet)
+  drift.png              agents=lora runs: per cell, the adapters' update norm and their mean cosine
+                         distance next to the answers' (drift.csv); phase.md gets a table of both
   perspective.png        with --embed: the perspective space of Helm et al., classical MDS of the answer
                          embeddings at the --mds-steps, one shared frame per cell (first run with a
                          transcript), agents coloured by label; needs transcript.jsonl
@@ -27,6 +29,7 @@ from pathlib import Path
 from ..core.patterns import PATTERNS
 from ..errors import UserError
 from ..outputs import write_csv_atomic, write_text_atomic
+from .drift import drift_figure, drift_for_groups, drift_markdown, drift_stats
 from .figures import curves, heatmap, kp_label, silo_sizes
 from .runs import PHASE_COLUMNS, cell_stats, find_cells, fmt_value, group_cells
 from .types import TYPE_COLUMNS, type_stats
@@ -57,7 +60,8 @@ def types_markdown(rows: list[dict], window: int) -> list[str]:
     return lines
 
 
-def phase_markdown(stats: dict, window: int, sources: str, notes: list[str], by_type=()) -> str:
+def phase_markdown(stats: dict, window: int, sources: str, notes: list[str], by_type=(),
+                   extra: list[str] = ()) -> str:
     lines = ["# Phase diagram over (k, p)", "", f"Runs from {sources}. Final silos: mean ± sample sd over runs. "
              f"Patterns: share of runs. Last change: median step of the last label change. "
              f"S̄: mean stability over the last {window} steps.", "",
@@ -71,6 +75,7 @@ def phase_markdown(stats: dict, window: int, sources: str, notes: list[str], by_
             + f" | {st['median_last_change_step']:g} | {st['mean_stability_window']:.3f} | "
               f"{st['mean_final_entropy']:.3f} |")
     lines += types_markdown(list(by_type), window)
+    lines += list(extra)
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -127,7 +132,15 @@ def report(root: Path, out: Path, window: int = 20, band: str = "sd", embed: boo
     by_type = type_stats(groups, window)
     if by_type:
         write_csv_atomic(out / "types.csv", TYPE_COLUMNS, [[_fmt(r[c]) for c in TYPE_COLUMNS] for r in by_type])
-    write_text_atomic(out / "phase.md", phase_markdown(stats, window, str(root), notes, by_type))
+    drift = drift_for_groups(groups)
+    drift_lines = []
+    if drift:
+        drift_stats_by_cell = {key: drift_stats(d) for key, d in drift.items()}
+        drift_figure(out / "drift.png", drift)
+        drift_lines = drift_markdown(drift_stats_by_cell)
+        for key, st in drift_stats_by_cell.items():
+            stats[key]["drift"] = st
+    write_text_atomic(out / "phase.md", phase_markdown(stats, window, str(root), notes, by_type, drift_lines))
     return stats
 
 

@@ -188,6 +188,17 @@ class Generator:
         self.slots_in_use = cfg.max_rows  # fast engine: cache slots of the current call
         self.kv_per_token = kv_bytes_per_token(model.config, next(model.parameters()).dtype)
         self.fast = self._fast_model(model, cfg.engine)
+        self.adapters = None  # a StackedLoRA: set by use_adapters
+        self.reserved_bytes = 0  # memory the budget holds for something else (adapters and their optimizer)
+
+    def use_adapters(self, adapters) -> None:
+        """Rows may name an adapter of `adapters` (tensorsim.lm.lora.StackedLoRA) from now on: on the fast
+        engine it adds to FastLlama's projections, on the hf engine its hooks go on the model."""
+        self.adapters = adapters
+        if self.fast is not None:
+            self.fast.adapters = adapters
+        elif not adapters.hooks:
+            adapters.install(self.model)
 
     @staticmethod
     def _fast_model(model, engine: str):
@@ -209,7 +220,7 @@ class Generator:
         if not self.cfg.memory_budget_gb:
             return self.max_rows
         per_row = self.kv_per_token * (prompt_len - shared + self.cfg.max_new_tokens)
-        budget = self.cfg.memory_budget_gb * 2**30 - self.kv_per_token * shared
+        budget = self.cfg.memory_budget_gb * 2**30 - self.kv_per_token * shared - self.reserved_bytes
         return max(1, min(self.max_rows, int(budget // per_row)))
 
     def _shared_prefix(self, prompts: list[list[int]]) -> int:
@@ -220,19 +231,26 @@ class Generator:
         return common_prefix_len(prompts)
 
     @torch.inference_mode()
-    def __call__(self, prompts: list[list[int]], row_keys: torch.Tensor) -> list[list[int]]:
+    def __call__(self, prompts: list[list[int]], row_keys: torch.Tensor,
+                 agents: torch.Tensor | None = None) -> list[list[int]]:
         """prompts: N token-id lists; row_keys: [N] int64 (one random key per row) -> N lists of new ids
         (EOS removed). On out-of-memory the work is retried with half the rows per pass: answers do not
-        change, since each row's randomness is its own."""
+        change, since each row's randomness is its own. agents: [N] int64 (CPU), row r generates
+        through adapter agents[r] of self.adapters (tensorsim.lm.lora); the prompts then share no
+        prefix cache (every adapter changes the prefix's keys and values) and identical prompts are
+        prefilled once per adapter only."""
+        if agents is not None and self.adapters is None:
+            raise ValueError("agents given but the generator has no adapters (Generator.use_adapters)")
         if self.fast is not None:
-            return self._generate_fast(prompts, row_keys)
+            return self._generate_fast(prompts, row_keys, agents)
         out: list[list[int]] = []
         i = 0
         while i < len(prompts):
             chunk = prompts[i:i + self.max_rows]
-            step = self.rows_for_budget(max(len(p) for p in chunk), self._shared_prefix(chunk))
+            step = self.rows_for_budget(max(len(p) for p in chunk), self._shared_prefix(chunk) if agents is None else 0)
             try:
-                out += self._generate_chunk(prompts[i:i + step], row_keys[i:i + step], offset=i)
+                adapted = {} if agents is None else {"agents": agents[i:i + step]}
+                out += self._generate_chunk(prompts[i:i + step], row_keys[i:i + step], offset=i, **adapted)
             except torch.OutOfMemoryError:
                 self._out_of_memory(step)
                 continue
@@ -249,18 +267,19 @@ class Generator:
             torch.cuda.empty_cache()
         print(f"[tensorsim] out of memory at {rows} rows per pass: retrying with {self.max_rows}", flush=True)
 
-    def _generate_fast(self, prompts: list[list[int]], row_keys: torch.Tensor) -> list[list[int]]:
+    def _generate_fast(self, prompts: list[list[int]], row_keys: torch.Tensor,
+                       agents: torch.Tensor | None = None) -> list[list[int]]:
         """The fast engine: continuous batching over cache slots (tensorsim.slots). Rows whose answer
         ended before an out-of-memory error keep it; the others start over with fewer slots."""
         done: dict[int, list[int]] = {}
         while len(done) < len(prompts):
             try:
-                self._decode_in_slots(prompts, row_keys, done)
+                self._decode_in_slots(prompts, row_keys, done, agents)
             except torch.OutOfMemoryError:
                 self._out_of_memory(self.slots_in_use)
         return [done[r] for r in range(len(prompts))]
 
-    def _decode_in_slots(self, prompts, row_keys, done: dict[int, list[int]]) -> None:
+    def _decode_in_slots(self, prompts, row_keys, done: dict[int, list[int]], agents=None) -> None:
         """Generates every row not in `done` into it, as rows finish. Per decode pass the device is
         read once (the drawn tokens and the rows' finiteness, one transfer); everything else about
         the rows (slots, prompt, tokens drawn, ended) is kept on the host."""
@@ -268,11 +287,12 @@ class Generator:
         by_prompt: dict[tuple, list[int]] = {}
         for r in range(len(prompts)):
             if r not in done:
-                by_prompt.setdefault(tuple(prompts[r]), []).append(r)
+                by_prompt.setdefault(self._prompt_key(prompts, r, agents), []).append(r)
         # rows asking the same prompt next to each other: admitted together, prefilled once (dedup_prompts)
         todo = [r for rows in by_prompt.values() for r in rows]
         distinct = list(by_prompt)
-        P = common_prefix_len([list(p) for p in distinct]) if (cfg.share_prefix and len(distinct) > 1) else 0
+        shared = cfg.share_prefix and len(distinct) > 1 and agents is None
+        P = common_prefix_len([list(prompts[rows[0]]) for rows in by_prompt.values()]) if shared else 0
         longest = max(len(prompts[r]) for r in todo)
         n_slots = min(len(todo), self.rows_for_budget(longest, P))
         self.slots_in_use = n_slots  # what an out-of-memory error halves
@@ -301,7 +321,7 @@ class Generator:
                 batch = new_batch()  # the last micro-batch was compacted
             if waiting and len(batch.free) >= min(refill_at, len(waiting)):
                 admitted = [waiting.pop() for _ in range(min(len(batch.free), len(waiting)))]
-                slots, new_logits = self._admit(batch, prompts, admitted, P)
+                slots, new_logits = self._admit(batch, prompts, admitted, P, agents)
                 active, rows = active + slots, rows + admitted
                 sampled, finished = sampled + [0] * len(slots), finished + [False] * len(slots)
                 logits = new_logits if logits is None else torch.cat([logits, new_logits])
@@ -345,16 +365,24 @@ class Generator:
             raise NonFiniteError([r for r, good in zip(rows, ok) if not good])
         return token, drawn
 
-    def _admit(self, batch: SlotCache, prompts, admitted: list[int], P: int):
+    @staticmethod
+    def _prompt_key(prompts, r: int, agents: torch.Tensor | None) -> tuple:
+        """What makes two rows' prefills identical: the prompt, and the adapter where there are adapters."""
+        return tuple(prompts[r]) if agents is None else (int(agents[r]), *prompts[r])
+
+    def _admit(self, batch: SlotCache, prompts, admitted: list[int], P: int, agents: torch.Tensor | None = None):
         """Prefills the admitted rows' prompts (after the shared prefix) into free slots -> (slots, logits).
         (Their logits are checked for finiteness when drawn from.)"""
         if self.cfg.dedup_prompts:
             distinct: dict[tuple, int] = {}
-            inverse = [distinct.setdefault(tuple(prompts[r][P:]), len(distinct)) for r in admitted]
-            seqs = [list(p) for p in distinct]
+            inverse = [distinct.setdefault(self._prompt_key(prompts, r, agents), len(distinct)) for r in admitted]
+            first = {u: r for r, u in zip(reversed(admitted), reversed(inverse))}  # sequence -> a row asking it
+            seq_rows = [first[u] for u in range(len(distinct))]
         else:
-            inverse, seqs = list(range(len(admitted))), [prompts[r][P:] for r in admitted]
-        slots, logits = batch.admit(seqs, inverse)
+            inverse, seq_rows = list(range(len(admitted))), list(admitted)
+        seqs = [prompts[r][P:] for r in seq_rows]
+        seq_agents = None if agents is None else agents[torch.tensor(seq_rows)]
+        slots, logits = batch.admit(seqs, inverse) if agents is None else batch.admit(seqs, inverse, seq_agents)
         self.stats.prefill_tokens += sum(len(s) for s in seqs)
         self.stats.forward_rows += len(seqs)
         return slots, logits
@@ -368,19 +396,23 @@ class Generator:
         finite = torch.isfinite(logits).all(-1).cpu()  # rows: CPU indices whatever the device
         raise NonFiniteError(rows.cpu()[~finite].tolist())
 
-    def _generate_chunk(self, prompts, row_keys, offset: int = 0):
+    def _generate_chunk(self, prompts, row_keys, offset: int = 0, agents: torch.Tensor | None = None):
         cfg, dev = self.cfg, self.device
         N = len(prompts)
-        # rows asking the same prompt share one prefill
+        # rows asking the same prompt (through the same adapter) share one prefill
         if cfg.dedup_prompts:
             uniq: dict[tuple, int] = {}
-            inverse = [uniq.setdefault(tuple(p), len(uniq)) for p in prompts]
-            unique_prompts = [list(p) for p in uniq]
+            inverse = [uniq.setdefault(self._prompt_key(prompts, r, agents), len(uniq)) for r in range(N)]
+            unique_prompts = [list(p) if agents is None else list(p[1:]) for p in uniq]
         else:
             inverse, unique_prompts = list(range(N)), prompts
         U = len(unique_prompts)
-        P = common_prefix_len(unique_prompts) if (cfg.share_prefix and U > 1) else 0
+        P = common_prefix_len(unique_prompts) if (cfg.share_prefix and U > 1 and agents is None) else 0
         session = self._session()
+        if agents is not None:  # the hooks read each batch row's adapter from here (kept in step by select)
+            first = {u: r for r, u in zip(reversed(range(N)), reversed(inverse))}
+            session.adapters = self.adapters
+            session.agent = agents[torch.tensor([first[u] for u in range(U)])].to(dev)
         logits = session.start(unique_prompts, P, cfg.max_new_tokens)  # [U, V]
         self.check_finite(logits, torch.tensor([inverse.index(u) for u in range(U)]) + offset)
         self.stats.prefill_tokens += P + sum(len(p) - P for p in unique_prompts)
@@ -424,11 +456,19 @@ class Generator:
 
 
 class HFSession:
-    """One chunk's decoding state on the transformers model (any architecture): DynamicCache + mask."""
+    """One chunk's decoding state on the transformers model (any architecture): DynamicCache + mask, and
+    with adapters (tensorsim.lm.lora, its forward hooks) the adapter of each batch row."""
 
     def __init__(self, model, pad_id: int):
         self.model, self.pad_id = model, pad_id
         self.device = next(model.parameters()).device
+        self.adapters, self.agent = None, None  # StackedLoRA, [rows] adapter of each batch row
+
+    def _forward(self, fn, *args):
+        if self.adapters is None:
+            return fn(self.model, *args)
+        with self.adapters.rows_of(self.agent):
+            return fn(self.model, *args)
 
     def start(self, prompts: list[list[int]], P: int, max_new_tokens: int) -> torch.Tensor:
         from transformers import DynamicCache
@@ -441,14 +481,16 @@ class HFSession:
             self.cache.batch_repeat_interleave(U)
         ids, mask = left_pad([p[P:] for p in prompts], self.pad_id, dev)
         self.mask = torch.cat([torch.ones(U, P, dtype=mask.dtype, device=dev), mask], dim=1)  # [U, P+S]
-        return prefill(self.model, ids, self.mask, self.cache)
+        return self._forward(prefill, ids, self.mask, self.cache)
 
     def select(self, rows: torch.Tensor) -> None:
         self.cache.batch_select_indices(rows)
         self.mask = self.mask[rows]
+        if self.agent is not None:
+            self.agent = self.agent[rows]
 
     def decode(self, token: torch.Tensor) -> torch.Tensor:
         self.mask = torch.cat([self.mask, torch.ones(self.mask.shape[0], 1, dtype=self.mask.dtype,
                                                      device=self.mask.device)], dim=1)
         position = self.mask.sum(-1, keepdim=True) - 1  # [A, 1]
-        return decode_one_token(self.model, token[:, None], self.mask, position, self.cache)
+        return self._forward(decode_one_token, token[:, None], self.mask, position, self.cache)

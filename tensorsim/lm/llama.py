@@ -14,12 +14,16 @@ batch 256 the cache copies dominate. Here:
 The weights are the transformers model's own: the fused matrices are built once and the model's
 Linear weights become views of them, so the model still works as before. On CPU, small float32 models
 also get a oneDNN-packed copy of every projection (Linear, packing_pays): faster from 12 rows up.
-Tests compare logits with the transformers forward.
+With `adapters` (a StackedLoRA, tensorsim/lm/lora.py) each row adds its own agent's LoRA update to the
+fused projections, in prefill and decode; the cache keeps each row's agent (KVCache.agent).
+Tests compare logits with the transformers forward, and with peft where there are adapters.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .lora import Rows
 
 
 def unsupported_reason(model) -> str | None:
@@ -122,11 +126,18 @@ class KVCache:
 
     GROW = 32  # capacity grows in chunks of this many tokens
 
-    def __init__(self, prefix_k, prefix_v, k, v, lengths, host_lengths=None):
+    def __init__(self, prefix_k, prefix_v, k, v, lengths, host_lengths=None, agent=None):
         self.prefix_k, self.prefix_v, self.k, self.v, self.lengths = prefix_k, prefix_v, k, v, lengths
         if host_lengths is None and lengths is not None:
             host_lengths = lengths.cpu()  # one sync, at creation only
         self.host_lengths = host_lengths
+        self.agent = agent  # [N] on the device: each row's adapter (FastLlama.adapters), None without adapters
+
+    def agent_of(self, rows: torch.Tensor | None) -> torch.Tensor | None:
+        """The adapter index of `rows` (a CPU index; all if None)."""
+        if self.agent is None:
+            return None
+        return self.agent.clone() if rows is None else self.agent[rows.to(self.agent.device)]
 
     @property
     def prefix_len(self) -> int:
@@ -161,9 +172,10 @@ class KVCache:
             new[:, :, :, used:] = 0  # written once: copy the used part, zero the rest
             out.append(new)
         if rows is None:
-            return KVCache(self.prefix_k, self.prefix_v, out[0], out[1], self.lengths.clone(), self.host_lengths.clone())
+            return KVCache(self.prefix_k, self.prefix_v, out[0], out[1], self.lengths.clone(), self.host_lengths.clone(),
+                           self.agent_of(None))
         return KVCache(self.prefix_k, self.prefix_v, out[0], out[1], self.lengths[rows.to(self.lengths.device)],
-                       self.host_lengths[rows])
+                       self.host_lengths[rows], self.agent_of(rows))
 
     def _compacted(self, rows: torch.Tensor) -> "KVCache":
         """Keeps increasing `rows` by moving them down in place (row j <- rows[j] >= j, in order, so
@@ -176,7 +188,7 @@ class KVCache:
                 self.v[:, j].copy_(self.v[:, r])
         R = rows.numel()
         return KVCache(self.prefix_k, self.prefix_v, self.k[:, :R], self.v[:, :R],
-                       self.lengths[rows.to(self.lengths.device)], self.host_lengths[rows])
+                       self.lengths[rows.to(self.lengths.device)], self.host_lengths[rows], self.agent_of(rows))
 
     def ensure_room(self) -> "KVCache":
         """Room for one more token in every row."""
@@ -206,12 +218,13 @@ class FastLlama:
         self.inv_freq = base.rotary_emb.inv_freq.float()  # [D/2]
         self.rope_scale = float(getattr(base.rotary_emb, "attention_scaling", 1.0))
         self.layers = []
-        for layer in base.layers:
+        self.adapters = None  # a StackedLoRA (tensorsim.lm.lora): rows whose cache has agents use their adapter
+        for index, layer in enumerate(base.layers):
             a, m = layer.self_attn, layer.mlp
             wqkv, bqkv = _fuse([a.q_proj, a.k_proj, a.v_proj])
             w_gate_up, _ = _fuse([m.gate_proj, m.up_proj])
             self.layers.append(dict(
-                attn_norm=layer.input_layernorm.weight, qkv=Linear(wqkv, bqkv, pack),
+                index=index, attn_norm=layer.input_layernorm.weight, qkv=Linear(wqkv, bqkv, pack),
                 o=Linear(a.o_proj.weight, a.o_proj.bias, pack), mlp_norm=layer.post_attention_layernorm.weight,
                 gate_up=Linear(w_gate_up, pack=pack), down=Linear(m.down_proj.weight, pack=pack)))
         self.dtype, self.device = self.embed.dtype, self.embed.device
@@ -226,10 +239,18 @@ class FastLlama:
         return ((emb.cos() * self.rope_scale).to(self.dtype)[:, None],
                 (emb.sin() * self.rope_scale).to(self.dtype)[:, None])
 
-    def qkv(self, layer, x, cos, sin):
+    def project(self, layer, name: str, x: torch.Tensor, rows: Rows | None) -> torch.Tensor:
+        """layer[name](x), plus the rows' adapters where there are any. x: [T, in] -> [T, out]."""
+        y = layer[name](x)
+        if rows is None or self.adapters is None:
+            return y
+        d = self.adapters.delta(layer["index"], name, x, rows)
+        return y if d is None else y + d
+
+    def qkv(self, layer, x, cos, sin, rows: Rows | None = None):
         """x: [T, d] -> q [T, H, D], k, v [T, H_kv, D] (q, k rotated)."""
         h = rms_norm(x, layer["attn_norm"], self.eps)
-        qk, v = layer["qkv"](h).split(
+        qk, v = self.project(layer, "qkv", h, rows).split(
             [(self.H + self.H_kv) * self.D, self.H_kv * self.D], dim=-1)
         qk = rotate(qk.view(-1, self.H + self.H_kv, self.D), cos, sin)  # q and k rotated in one pass
         return qk[:, :self.H], qk[:, self.H:], v.view(-1, self.H_kv, self.D)
@@ -253,11 +274,11 @@ class FastLlama:
             out = out + torch.matmul(p_by_head, prefix_v).view(Hkv, N, g, S, D).permute(1, 0, 2, 3, 4)
         return out
 
-    def finish_layer(self, layer, x, attn):
+    def finish_layer(self, layer, x, attn, rows: Rows | None = None):
         """Residual adds around o_proj and the MLP. x, attn: [T, d] -> [T, d]."""
-        x = x + layer["o"](attn)
-        gate, up = layer["gate_up"](rms_norm(x, layer["mlp_norm"], self.eps)).chunk(2, dim=-1)
-        return x + layer["down"](F.silu(gate) * up)
+        x = x + self.project(layer, "o", attn, rows)
+        gate, up = self.project(layer, "gate_up", rms_norm(x, layer["mlp_norm"], self.eps), rows).chunk(2, dim=-1)
+        return x + self.project(layer, "down", F.silu(gate) * up, rows)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, d] -> [N, V] float32."""
@@ -267,7 +288,7 @@ class FastLlama:
     ATTENTION_GROUP = 32  # prefill attention runs on length-sorted groups of this many rows
 
     def prefill(self, seqs: list[list[int]], cache: KVCache | None = None, extra: int = 0,
-                into: KVCache | None = None, slots: torch.Tensor | None = None):
+                into: KVCache | None = None, slots: torch.Tensor | None = None, agents: torch.Tensor | None = None):
         """Runs U token sequences after the optional shared-prefix cache. -> (logits of each sequence's
         last token [U, V], KVCache of U rows with room for `extra` more tokens each). With `into` (a
         cache after the same prefix, room for the longest sequence) and `slots` [U] (a CPU index): the
@@ -276,7 +297,9 @@ class FastLlama:
 
         Linear layers see the packed tokens [T_total, d]. Attention pads rows to a common length, so
         rows are sorted by length and attended in groups: one long row (a rambling answer quoted as
-        context) then pads only its own group, not all U rows (measured: 2x on a 144-row prefill)."""
+        context) then pads only its own group, not all U rows (measured: 2x on a 144-row prefill).
+
+        agents: [U] the adapter of each sequence (FastLlama.adapters), kept in the cache for decoding."""
         dev, L = self.device, len(self.layers)
         U = len(seqs)
         host_lens = torch.tensor([len(s) for s in seqs])  # [U] on the CPU: shapes without a sync
@@ -301,12 +324,19 @@ class FastLlama:
             out_cache.set_lengths(slots.tolist(), host_lens)
             slots = slots.to(dev)
         k_all, v_all = out_cache.k, out_cache.v
+        rows = None
+        if agents is not None:
+            agents = agents.to(dev)
+            if out_cache.agent is None:
+                out_cache.agent = torch.zeros(out_cache.k.shape[1], dtype=torch.long, device=dev)
+            out_cache.agent[slots] = agents
+            rows = Rows(agents, row, local, longest)
         token_slot = slots[row]  # [T_total] cache row of every packed token
         groups = [self._attention_group(g_rows, row, local, lens)
                   for g_rows in torch.argsort(lens).split(self.ATTENTION_GROUP)]
         x = self.embed[ids]  # [T_total, d]
         for i, layer in enumerate(self.layers):
-            q, k, v = self.qkv(layer, x, cos, sin)
+            q, k, v = self.qkv(layer, x, cos, sin, rows)
             k_all[i, token_slot, :, local] = k
             v_all[i, token_slot, :, local] = v
             out = torch.empty_like(q)  # [T_total, H, D]
@@ -318,7 +348,7 @@ class FastLlama:
                 o = self.attend(q_pad, prefix_k[i] if P else None, prefix_v[i] if P else None,
                                 k_all[i, slots[g_rows], :, :S], v_all[i, slots[g_rows], :, :S], allowed)
                 out[tokens] = o.permute(0, 3, 1, 2, 4)[g_row, g_local].reshape(-1, self.H, self.D)
-            x = self.finish_layer(layer, x, out.view(-1, self.H * self.D))
+            x = self.finish_layer(layer, x, out.view(-1, self.H * self.D), rows)
         last = starts + lens - 1
         return self.logits(x[last]), out_cache
 
@@ -362,13 +392,14 @@ class FastLlama:
         g = self.H // self.H_kv
         x = self.embed[tokens]  # [N, d]
         P = cache.prefix_len
+        adapted = Rows(cache.agent) if cache.agent is not None and self.adapters is not None else None
         for i, layer in enumerate(self.layers):
-            q, k, v = self.qkv(layer, x, cos, sin)
+            q, k, v = self.qkv(layer, x, cos, sin, adapted)
             cache.k[i, rows, :, cache.lengths] = k
             cache.v[i, rows, :, cache.lengths] = v
             out = self.attend(q.view(N, self.H_kv, g, 1, self.D), cache.prefix_k[i] if P else None,
                               cache.prefix_v[i] if P else None, cache.k[i, :, :, :T], cache.v[i, :, :, :T], allowed)
-            x = self.finish_layer(layer, x, out.reshape(N, self.H * self.D))
+            x = self.finish_layer(layer, x, out.reshape(N, self.H * self.D), adapted)
         cache.lengths += 1
         return self.logits(x if live is None else x[live])
 

@@ -54,9 +54,11 @@ class SlotCache:
         elif self.cache.k.shape[3] < length:
             self.cache = self.cache.reshaped(None, capacity)
 
-    def admit(self, seqs: list[list[int]], inverse: list[int]) -> tuple[list[int], torch.Tensor]:
+    def admit(self, seqs: list[list[int]], inverse: list[int], agents: torch.Tensor | None = None
+              ) -> tuple[list[int], torch.Tensor]:
         """Prefills the distinct sequences `seqs` once each and gives row i (sequence inverse[i]) a free
-        slot holding that sequence's KV. -> (slots: R ints, logits [R, V])."""
+        slot holding that sequence's KV. agents: [len(seqs)] each sequence's adapter (FastLlama.adapters).
+        -> (slots: R ints, logits [R, V])."""
         R = len(inverse)
         if R > len(self.free):
             raise ValueError(f"{R} rows admitted but {len(self.free)} slots free")
@@ -67,7 +69,8 @@ class SlotCache:
         for i, u in enumerate(inverse):
             first.setdefault(u, i)
         logits, self.cache = self.fast.prefill(seqs, self.prefix, into=self.cache,
-                                               slots=torch.tensor([slots[first[u]] for u in range(len(seqs))]))
+                                               slots=torch.tensor([slots[first[u]] for u in range(len(seqs))]),
+                                               agents=agents)
         copies = [(slots[first[u]], slots[i]) for i, u in enumerate(inverse) if first[u] != i]  # repeated prompts
         if copies:
             src, dst = (torch.tensor(c) for c in zip(*copies))
@@ -76,6 +79,8 @@ class SlotCache:
             self.cache.k[:, dst_d, :, :S] = self.cache.k[:, src_d, :, :S]
             self.cache.v[:, dst_d, :, :S] = self.cache.v[:, src_d, :, :S]
             self.cache.set_lengths(dst.tolist(), self.cache.host_lengths[src])
+            if self.cache.agent is not None:
+                self.cache.agent[dst_d] = self.cache.agent[src_d]
         return slots, logits[torch.tensor(inverse).to(logits.device, non_blocking=True)]
 
     def release(self, slots: list[int]) -> None:
