@@ -155,7 +155,7 @@ def _simulate(cfg, run_dir: Path, hydra_subdir: str | None, overrides: list[str]
             bar.set_postfix(post)
         wall = time.perf_counter() - start
         phase[0] = "while writing the final outputs"
-        return finish(cfg, run_dir, writers, pops, names, history, S, E, silos, protocol, rules, fmt,
+        return finish(cfg, run_dir, agents, writers, pops, names, history, S, E, silos, protocol, rules, fmt,
                       dict(config=config_container, models=used, device=str(device), wall=wall,
                            new_tokens=new_tokens, generations=generations))
     except OSError as e:
@@ -181,7 +181,7 @@ def check_resumable(ckpt: dict, built_state: dict, shape: tuple[int, int], steps
     check_state_matches(built_state, ckpt["agents"])
 
 
-def finish(cfg, run_dir: Path, writers, pops, names, history, S, E, silos, protocol, rules, fmt, run: dict) -> dict:
+def finish(cfg, run_dir: Path, agents, writers, pops, names, history, S, E, silos, protocol, rules, fmt, run: dict) -> dict:
     """Summaries, plots and the final tables of every cell, then the run's summary.json (written last: it
     marks the run complete); -> the top-level summary."""
     n, T, B = cfg.trial.n, cfg.trial.steps, pops.B

@@ -187,7 +187,7 @@ def test_training_rows_fit_the_budget():
 
 @pytest.fixture(scope="module")
 def tiny_pair(tiny_models):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     llm_dir = tiny_models[0]
     return llm_dir, AutoTokenizer.from_pretrained(llm_dir)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import _panel_grid, kp_label
-from .plots import plt, save_fig
+from .figures import kp_label, panel_grid
+from .plots import save_fig
 
 DRIFT = "drift.csv"
 MEASURES = ("update_norm", "adapter_distance", "answer_distance")
@@ -90,7 +90,7 @@ def drift_markdown(stats: dict) -> list[str]:
 
 def drift_figure(path: Path, found: dict) -> None:
     """Per cell: mean adapter and answer distance over t (left axis), mean update norm (right axis)."""
-    fig, axes, where = _panel_grid(list(found))
+    fig, axes, where = panel_grid(list(found))
     for key, d in found.items():
         ax = where[key]
         t = np.arange(d["update_norm"].shape[1])
