@@ -291,7 +291,8 @@ def check_state_matches(built, loaded, where: str = "agents") -> None:
     """The checkpoint's agent state fits the agents this config builds: every entry they hold is there,
     and every tensor in both has the same shape and dtype (a tampered or mismatched file stops here, not
     with a shape error mid-step). Lists (LLM agents' growing text table) and entries only the checkpoint
-    holds (state created during the run, e.g. an optimizer's) are not compared."""
+    holds (state created during the run, e.g. an optimizer's) are not compared. A tensor the fresh agents
+    hold empty along dim 0 is a per-step history (LoRA agents' drift): only its other dimensions must match."""
     if isinstance(built, dict):
         if not isinstance(loaded, dict):
             raise UserError(f"cannot resume: the checkpoint's {where} is a {type(loaded).__name__}, not a dict")
@@ -301,7 +302,10 @@ def check_state_matches(built, loaded, where: str = "agents") -> None:
         for k in built:
             check_state_matches(built[k], loaded[k], f"{where}.{k}")
     elif isinstance(built, torch.Tensor):
-        if not isinstance(loaded, torch.Tensor) or loaded.shape != built.shape or loaded.dtype != built.dtype:
+        history = built.dim() > 0 and built.shape[0] == 0
+        same_shape = isinstance(loaded, torch.Tensor) and (
+            loaded.shape[1:] == built.shape[1:] and loaded.dim() == built.dim() if history else loaded.shape == built.shape)
+        if not same_shape or loaded.dtype != built.dtype:
             got = (f"{tuple(loaded.shape)} {loaded.dtype}" if isinstance(loaded, torch.Tensor)
                    else type(loaded).__name__)
             raise UserError(f"cannot resume: the checkpoint's {where} is {got}, this run's agents hold "

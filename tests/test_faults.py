@@ -451,3 +451,13 @@ def test_rewind_after_the_tables_were_renamed_into_place(tmp_path):
     step(1)
     w.close({"complete": True})
     assert [line.split(",")[1] for line in (tmp_path / "metrics.csv").read_text().splitlines()] == ["t", "0", "1"]
+
+
+def test_a_per_step_history_may_grow_but_keeps_its_other_dimensions():
+    built = {"drift": torch.zeros(0, 2, 3, dtype=torch.float64), "w": torch.zeros(2, 3)}
+    checkpoint.check_state_matches(built, {"drift": torch.zeros(5, 2, 3, dtype=torch.float64), "w": torch.ones(2, 3)})
+    with pytest.raises(UserError, match=r"agents\.drift is \(5, 2, 4\) torch.float64, this run's agents hold "
+                                        r"\(0, 2, 3\)"):
+        checkpoint.check_state_matches(built, {"drift": torch.zeros(5, 2, 4, dtype=torch.float64), "w": torch.ones(2, 3)})
+    with pytest.raises(UserError, match=r"agents\.w is \(3, 3\)"):  # a fixed-size tensor must match exactly
+        checkpoint.check_state_matches(built, {"drift": torch.zeros(1, 2, 3, dtype=torch.float64), "w": torch.ones(3, 3)})

@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import ROOT, run_cli
 
+from tensorsim import checkpoint
+
 OUTPUTS = ["metrics.csv", "agents.csv", "transcript.jsonl", "stability.png", "entropy.png", "silos.png",
            "summary.json", "adapters.safetensors", "drift.csv"]
 
@@ -63,13 +65,13 @@ def test_kill_9_then_resume_is_byte_identical(tiny_models, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "tensorsim", *args, f"hydra.run.dir={crashed}"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (crashed / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+    while not (crashed / checkpoint.CHECKPOINT).exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     assert proc.poll() is None, "run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (crashed / "summary.json").exists()
-    state = torch.load(crashed / "checkpoint.pt", weights_only=False)["agents"]
+    state = checkpoint.loads((crashed / checkpoint.CHECKPOINT).read_bytes())["agents"]  # no pickle
     assert state["adam"]["steps"] >= 2 and set(state["adapters"]) == set(state["adam"]["m"])
     r = run_cli("resume=true", f"hydra.run.dir={crashed}")
     assert r.returncode == 0, r.stderr[-2000:]

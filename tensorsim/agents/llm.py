@@ -225,6 +225,11 @@ class LLMAgents:
     def _update(self, src, responses, garbled=None, t=0):
         """docs/SPEC.md §1 step 6 as a masked tensor update: agent i's context slot := index of r_src(i).
         src: [B, n] whose answer each agent takes (itself where mirrored); garbled: [B, n] bool or None."""
+        self._write_context(*self._received_refs(src, responses, garbled, t))
+
+    def _received_refs(self, src, responses, garbled=None, t=0):
+        """Append this step's answers to the text table -> (new_ref [B, n]: index of the answer each agent
+        receives, after garbling; slot [B, n]: the context entry it overwrites)."""
         B, n = self.B, self.n
         base = len(self.texts)
         self.texts.extend(responses)
@@ -232,6 +237,10 @@ class LLMAgents:
         slot = self.slots[..., 0]  # [B, n] the top-1 slot is the one overwritten
         if garbled is not None:
             new_ref = self._garble(new_ref, slot, garbled, t)
+        return new_ref, slot
+
+    def _write_context(self, new_ref, slot):
+        B = self.B
         self.entry_ref.scatter_(-1, slot[..., None], new_ref[..., None])
         if self.cfg.retrieval.every_step:
             if self.retrieval_key == "entry":

@@ -98,16 +98,17 @@ class LoRAAgents(LLMAgents):
         self._received = None
 
     # -- the step --------------------------------------------------------------------------------------
-    def _update(self, src, responses):
-        """Keeps what each agent received for training; writes it into the context only with agents.context."""
-        self._received = (src, responses)
+    def _update(self, src, responses, garbled=None, t=0):
+        """Keeps what each agent received for training (after trial.noise: with drop, the answer its context
+        already holds); writes it into the context only with agents.context."""
+        refs, slot = self._received_refs(src, responses, garbled, t)
+        self._received = [self.texts[j] for j in refs.flatten().tolist()]  # B*n, row-major [b, i]
         if self.cfg.agents.context:
-            super()._update(src, responses)
+            self._write_context(refs, slot)
 
     def step(self, t: int):
         rec = super().step(t)
-        src, responses = self._received
-        received = [responses[b * self.n + j] for b, row in enumerate(src.tolist()) for j in row]  # B*n
+        received = self._received
         prompts = self.prompts(rec.contexts)
         answers = self.answer_ids(received)
         before = {k: p.clone() for k, p in self.lora.params.items()}
