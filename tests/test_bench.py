@@ -149,3 +149,31 @@ def test_every_bench_json_records_the_machine(capsys):
         assert h["isa"] == {f: f in flags for f in ISA_FLAGS}
     assert h["native_bf16"] is cpu_has_fast_bf16()
     assert h["dtype"] == "bfloat16" and h["torch"] == torch.__version__
+
+
+def test_calibration_table_reads_every_run_and_sets_the_papers_figures_beside(tmp_path):
+    import json
+    import subprocess
+
+    from conftest import run_cli
+
+    run = tmp_path / "grid"
+    r = run_cli("trial=smoke", "agents=gmm", "trial.k=[1,2]", "trial.p=[0.2,0.7]", "trial.replicas=2",
+                f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "calibration"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "calibration.py"), str(run), "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result == json.loads(out.with_suffix(".json").read_text()) and result["host"]["cpu_cores"] >= 1
+    cells = {(c["k"], c["p"]): c for c in result["cells"]}
+    assert sorted(cells) == [(1, 0.2), (1, 0.7), (2, 0.2), (2, 0.7)]
+    assert cells[(1, 0.2)]["paper_final_silos_mean"] == 7.5 and cells[(1, 0.7)]["paper_final_silos_mean"] == 7.75
+    assert cells[(2, 0.2)]["paper_final_silos_mean"] is None  # the paper has no k=2
+    for (k, p), c in cells.items():
+        summary = json.loads((run / "cells" / f"k{k}_p{p}" / "summary.json").read_text())
+        assert c["final_silos"] == [rep["final_n_silos"] for rep in summary["replicas"]]
+        assert c["final_silos_mean"] == sum(c["final_silos"]) / 2
+        assert c["last_change_step"] == [rep["last_change_step"] for rep in summary["replicas"]]
+    assert "| 1 | 0.2 | 2 |" in out.with_suffix(".md").read_text()
