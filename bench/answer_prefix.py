@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import config, emit  # noqa: E402
 
-from tensorsim import rng  # noqa: E402
+from tensorsim.core import rng  # noqa: E402
 from tensorsim.core.labels import NameLabeler  # noqa: E402
 from tensorsim.knowledge import load_kb  # noqa: E402
 from tensorsim.lm.generate import Generator, SamplingConfig  # noqa: E402

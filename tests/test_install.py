@@ -26,9 +26,9 @@ def test_faiss_backend_without_faiss_is_refused(monkeypatch):
     cfg = OmegaConf.create({"agents": {"kind": "llm"}, "graph": {"backend": "faiss"}, "device": "cpu",
                             "trial": {"k": 5}})
     with pytest.raises(UserError, match=r"tensorsim\[cpu\]"):
-        validate_backend(cfg)
+        validate_backend(cfg, 5)
     cfg.graph.backend = "torch"
-    validate_backend(cfg)
+    validate_backend(cfg, 5)
 
 
 @pytest.mark.parametrize("variant,torch,extra", [("cpu", '"torch==2.13.0+cpu"', ".[cpu,test]"),

@@ -2,7 +2,7 @@
 import numpy as np
 from matplotlib.colors import to_rgba
 
-from tensorsim.analysis import plots, report as rep
+from tensorsim.analysis import figures, plots, runs
 
 
 def is_grey(c):
@@ -65,21 +65,21 @@ def test_silo_figure_draws_the_assigned_colours():
 
 
 def test_report_silo_size_layers_distinct_and_other_grey(tmp_path, monkeypatch):
-    labels, colours = rep.rank_layer_style(6, True)
+    labels, colours = figures.rank_layer_style(6, True)
     assert labels[-1] == "other silos" and len(set(colours)) == 7
     assert is_grey(colours[-1]) and not any(is_grey(c) for c in colours[:-1])
-    assert rep.rank_layer_style(3, False) == (labels[:3], colours[:3])  # the same colour per rank in every panel
+    assert figures.rank_layer_style(3, False) == (labels[:3], colours[:3])  # the same colour per rank in every panel
     # the legend lists every layer any panel draws, not only the first panel's
-    small = rep.Cell(tmp_path / "a", {"k": 1, "p": 0.2, "replicas": [{"replica": 0}]})
-    large = rep.Cell(tmp_path / "b", {"k": 5, "p": 0.2, "replicas": [{"replica": 0}]})
+    small = runs.Cell(tmp_path / "a", {"k": 1, "p": 0.2, "replicas": [{"replica": 0}]})
+    large = runs.Cell(tmp_path / "b", {"k": 5, "p": 0.2, "replicas": [{"replica": 0}]})
     mats = {small.dir: np.array([[0, 1, 2], [0, 0, 2]]), large.dir: np.tile(np.arange(9), (2, 1))}
     for d in mats:
         d.mkdir()
         (d / "agents.csv").write_text("")
-    monkeypatch.setattr(rep, "read_agent_labels", lambda path: {0: mats[path.parent]})
+    monkeypatch.setattr(figures, "read_agent_labels", lambda path: {0: mats[path.parent]})
     figs = []
-    monkeypatch.setattr(rep, "save_fig", lambda fig, path: figs.append(fig))
-    assert rep.silo_sizes(tmp_path / "s.png", {(1, 0.2): [small], (5, 0.2): [large]}, [])
+    monkeypatch.setattr(figures, "save_fig", lambda fig, path: figs.append(fig))
+    assert figures.silo_sizes(tmp_path / "s.png", {(1, 0.2): [small], (5, 0.2): [large]}, [])
     legend = figs[0].legends[0]
     assert [t.get_text() for t in legend.get_texts()] == labels
     assert [tuple(h.get_facecolor()) for h in legend.legend_handles] == [c[:3] + (0.85,) for c in colours]
