@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from .figures import panel_grid, quiet_warnings, stack_series, kp_label
+from .figures import kp_label, mean_band, panel_grid
 from .plots import plt, save_fig
 from .runs import iter_runs
 
@@ -74,18 +74,9 @@ def difference_heatmaps(path: Path, rows: list[dict], metrics: dict[str, str], n
 
 
 def _band(ax, series: list[np.ndarray], band: str, colour: str, label: str) -> None:
-    arr = stack_series(series)
-    t = np.arange(arr.shape[1])
-    with np.errstate(all="ignore"), quiet_warnings():
-        mean = np.nanmean(arr, axis=0)
-        if band == "iqr":
-            lo, hi = np.nanpercentile(arr, 25, axis=0), np.nanpercentile(arr, 75, axis=0)
-        else:
-            sd = np.nanstd(arr, axis=0, ddof=1) if arr.shape[0] > 1 else np.zeros_like(mean)
-            lo, hi = mean - sd, mean + sd
-    ok = np.isfinite(mean)
-    ax.fill_between(t[ok], lo[ok], hi[ok], alpha=0.2, lw=0, color=colour)
-    ax.plot(t[ok], mean[ok], lw=1.4, color=colour, label=f"{label} ({arr.shape[0]} runs)")
+    t, mean, lo, hi = mean_band(series, band)
+    ax.fill_between(t, lo, hi, alpha=0.2, lw=0, color=colour)
+    ax.plot(t, mean, lw=1.4, color=colour, label=f"{label} ({len(series)} runs)")
 
 
 def overlaid_curves(path: Path, keys: list[tuple], A: dict, B: dict, which: str, band: str,

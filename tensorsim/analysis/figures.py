@@ -64,6 +64,22 @@ def stack_series(series: list[np.ndarray]) -> np.ndarray:
     return arr
 
 
+def mean_band(series: list[np.ndarray], band: str) -> tuple[np.ndarray, ...]:
+    """Runs' series -> (t, mean, lo, hi) over the steps where the mean is finite; the band is ±1 sample sd
+    (zero for one run) or, with band="iqr", the interquartile range."""
+    arr = stack_series(series)  # [runs, T]
+    t = np.arange(arr.shape[1])
+    with np.errstate(all="ignore"), quiet_warnings():
+        mean = np.nanmean(arr, axis=0)
+        if band == "iqr":
+            lo, hi = np.nanpercentile(arr, 25, axis=0), np.nanpercentile(arr, 75, axis=0)
+        else:
+            sd = np.nanstd(arr, axis=0, ddof=1) if arr.shape[0] > 1 else np.zeros_like(mean)
+            lo, hi = mean - sd, mean + sd
+    ok = np.isfinite(mean)
+    return t[ok], mean[ok], lo[ok], hi[ok]
+
+
 def curves(path: Path, groups: dict, which: str, band: str, ylabel: str, title: str) -> None:
     fig, axes, where = panel_grid(list(groups))
     for key, cells in groups.items():
@@ -71,19 +87,10 @@ def curves(path: Path, groups: dict, which: str, band: str, ylabel: str, title: 
         series = [S if which == "S" else E for _, _, S, E, _ in iter_runs(cells)]
         if not series:
             continue
-        arr = stack_series(series)
-        t = np.arange(arr.shape[1])
-        with np.errstate(all="ignore"), quiet_warnings():
-            mean = np.nanmean(arr, axis=0)
-            if band == "iqr":
-                lo, hi = np.nanpercentile(arr, 25, axis=0), np.nanpercentile(arr, 75, axis=0)
-            else:
-                sd = np.nanstd(arr, axis=0, ddof=1) if arr.shape[0] > 1 else np.zeros_like(mean)
-                lo, hi = mean - sd, mean + sd
-        ok = np.isfinite(mean)
-        ax.fill_between(t[ok], lo[ok], hi[ok], alpha=0.25, lw=0)
-        ax.plot(t[ok], mean[ok], lw=1.5, marker="o" if ok.sum() <= 12 else None, ms=3)
-        ax.set_title(f"{kp_label(*key)} ({arr.shape[0]} runs)", fontsize=8)
+        t, mean, lo, hi = mean_band(series, band)
+        ax.fill_between(t, lo, hi, alpha=0.25, lw=0)
+        ax.plot(t, mean, lw=1.5, marker="o" if len(t) <= 12 else None, ms=3)
+        ax.set_title(f"{kp_label(*key)} ({len(series)} runs)", fontsize=8)
     for ax in axes[-1]:
         ax.set_xlabel("step t")
     for ax in axes[:, 0]:
