@@ -5,6 +5,7 @@ from __future__ import annotations
 from .agents import KINDS, kind_module
 from .core.graph import BACKENDS
 from .core.populations import trial_populations
+from .core.social import MIXES
 from .errors import UserError, is_int, is_num, need
 from .outputs import AUTO_PARQUET_ROWS, FORMATS as OUTPUT_FORMATS
 
@@ -67,6 +68,7 @@ def validate(cfg) -> None:
          "an integer >= 0 (0 = no checkpoints)")
     need(cfg.agents.kind in KINDS, "agents.kind", cfg.agents.kind, f"one of {', '.join(KINDS)}")
     need(cfg.graph.backend in BACKENDS, "graph.backend", cfg.graph.backend, f"one of {', '.join(BACKENDS)}")
+    need(cfg.graph.get("mix", "uniform") in MIXES, "graph.mix", cfg.graph.get("mix"), f"one of {', '.join(MIXES)}")
 
     w = cfg.pattern
     need(is_int(w.window) and 1 <= w.window <= t.steps, "pattern.window", w.window,

@@ -19,13 +19,30 @@ from .core.patterns import PatternRules, last_change_step, run_pattern, silo_pat
 from .core.populations import trial_populations
 from .lm.models import resolve_device, resolve_dtype
 from .errors import DiskFullError, Preempted, UserError
-from .outputs import SUMMARY, is_disk_full, make_cell_writers, refuse_completed, resolve_format, write_json_atomic
+from .outputs import (SUMMARY, is_disk_full, make_cell_writers, refuse_completed, resolve_format, write_csv_atomic,
+                      write_json_atomic)
 from .preempt import StopRequests
 
 
 def cell_title(cell: dict) -> str:
     """"k=5, p=0.5" (numbers as %g; a schedule or type label as it is)."""
     return ", ".join(f"{key}={v:g}" if isinstance(v, (int, float)) else f"{key}={v}" for key, v in cell.items())
+
+
+EDGES = "graph_edges.csv"
+
+
+def graph_edges(pops, members, replicas) -> list[tuple[int, int, int]]:
+    """The fixed social graph of each member population as (replica, i, j) rows with i < j; [] for knn."""
+    g = pops.graphs
+    rows = []
+    for b, r in zip(members, replicas):
+        if g is None or not bool(g.fixed[b]):
+            continue
+        i = torch.arange(g.nbrs.shape[1])[:, None].expand_as(g.nbrs[b])
+        keep = g.nbrs[b] > i  # each undirected edge once; padding (-1) never
+        rows += [(r, a, c) for a, c in zip(i[keep].tolist(), g.nbrs[b][keep].tolist())]
+    return rows
 
 
 def protocol_summary(protocol: dict[str, torch.Tensor], members) -> dict:
@@ -219,6 +236,10 @@ def finish(cfg, run_dir: Path, agents, writers, pops, names, history, S, E, silo
             if protocol:
                 replicas[-1]["protocol"] = protocol_summary(protocol, [b])
         summary = dict(common, **cell, replicas=replicas)
+        edges = graph_edges(pops, w.members, w.replicas)
+        if edges:
+            write_csv_atomic(w.dir / EDGES, ["replica", "i", "j"], edges)
+            summary["graph_file"] = EDGES
         if protocol:
             summary["protocol"] = protocol_summary(protocol, w.members)
         if cfg.output.plots:

@@ -55,7 +55,7 @@ import math
 
 import torch
 
-from ..core import graph, interact, rng
+from ..core import graph, interact, rng, social
 from ..core.populations import Populations
 from ..core.step import StepRecord
 from ..errors import UserError, need
@@ -326,8 +326,8 @@ class GMMAgents:
         if bool(mirrored.all()):
             src = torch.arange(n, device=dev).expand(B, n)
         else:
-            nb = self.neighbours(self.w)
-            partner = interact.pick_partners(pops.seeds, nb, pops.k_at(t), t)
+            partner = social.partners(pops.seeds, pops.k_at(t), t, self.w, self.neighbours, pops.graphs,
+                                      self.cfg.graph.get("mix", "uniform"))
             src = interact.context_sources(mirrored, partner)  # [B, n]
         w_new = torch.empty_like(self.w)
         rag_new = torch.empty_like(self.rag)

@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 
 from .. import errors
-from ..core import graph, interact, rng
+from ..core import graph, interact, rng, social
 from ..core.labels import CentroidLabeler, NameLabeler
 from ..core.populations import Populations
 from ..core.step import StepRecord
@@ -195,8 +195,9 @@ class LLMAgents:
         # labeler=name: the protocol has already labelled every answer by name
         self.last_embeddings = emb
         labels = named.reshape(B, n) if self.labeler is self.names else self.labeler(emb)
-        neighbours = graph.knn(emb, self.k_max, self.cfg.graph.backend)  # [B, n, k_max]
-        partner = interact.pick_partners(pops.seeds.to(emb.device), neighbours, pops.k_at(t).to(emb.device), t)
+        partner = social.partners(pops.seeds.to(emb.device), pops.k_at(t).to(emb.device), t, emb,
+                                  lambda x: graph.knn(x, self.k_max, self.cfg.graph.backend),  # [B, n, k_max]
+                                  pops.graphs, self.cfg.graph.get("mix", "uniform"), within=emb.float())
         source = interact.context_sources(mirrored.to(partner.device), partner).cpu()  # [B, n]
         garbled = interact.garble_coins(pops.seeds, pops.noise_of(), t, n).cpu() if pops.noisy else None
         self._update(source, responses, garbled, t)

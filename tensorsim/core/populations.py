@@ -12,8 +12,9 @@ at step t by k_at / p_at as [B] or [B, n] without a loop over agents:
   k_own, p_own      [B, n]  where an agent has its own k / p (its type's, or a Beta draw) ...
   k_agent, p_agent  [B, n]  ... and that value; elsewhere the population's value at t applies
   noise             [B]     trial.noise: probability that the answer an agent receives is garbled
-Cells are the product trial.k x trial.p x trial.noise (lists; k outer); a cell is named by the values
-of its swept keys (cell_keys: k and p, and noise when it is a list).
+  graphs                    trial.graph: fixed social graphs as padded neighbour lists (core/social.py)
+Cells are the product trial.k x trial.p x trial.noise x trial.graph (lists; k outer); a cell is named by
+the values of its swept keys (cell_keys: k and p, and noise and graph when they are lists).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from . import rng, schedules
+from . import rng, schedules, social
 from ..errors import UserError, is_num, need
 
 NOISE_MODES = ("drop", "swap", "kb")
@@ -50,6 +51,7 @@ class Populations:
     type_names: tuple[str, ...] = ("all",)
     noise: torch.Tensor | None = None  # [B] float32 (None: no noise)
     noise_mode: str = "drop"
+    graphs: social.SocialGraphs | None = None  # None: every population uses knn
 
     @property
     def B(self) -> int:
@@ -226,8 +228,8 @@ def per_agent_values(seeds: torch.Tensor, n: int, type_list: list[dict] | None, 
 
 
 def build_populations(ks, ps, replicas: int, seed: int, *, steps: int = 1, n: int | None = None, types=None,
-                      noise=0.0, noise_mode: str = "drop") -> Populations:
-    """Cells are the product ks x ps x noise (k outer); replica r of every cell gets seed mix(seed, r).
+                      noise=0.0, noise_mode: str = "drop", graph="knn") -> Populations:
+    """Cells are the product ks x ps x noise x graph (k outer); replica r of every cell gets seed mix(seed, r).
     ks, ps: values or lists of values (numbers, schedules; ps also {beta: [a, b]}); n is needed for
     per-agent values (types, Beta) and to check k. Raises a one-line UserError for any bad value."""
     kl, pl, nl = as_list(ks), as_list(ps), _noise_values(noise)
@@ -245,21 +247,28 @@ def build_populations(ks, ps, replicas: int, seed: int, *, steps: int = 1, n: in
         else:
             betas.append(None)
             p_rows.append(schedules.p_values(p, steps))
-    swept_noise = len(nl) > 1
-    combos = list(itertools.product(range(len(kl)), range(len(pl)), range(len(nl))))
-    cells = [(cell_label(kl[a], int), cell_label(pl[b])) + ((nl[c],) if swept_noise else ()) for a, b, c in combos]
-    keys = ("k", "p", "noise") if swept_noise else ("k", "p")
+    gl = as_list(graph)
+    need(len(gl) >= 1, "trial.graph", gl, f"{social.FORMS}, or a non-empty list of them")
+    if n is not None:
+        for g in gl:
+            social.parse(g, n)  # one-line errors before anything is drawn
+    swept_noise, swept_graph = len(nl) > 1, len(gl) > 1
+    combos = list(itertools.product(range(len(kl)), range(len(pl)), range(len(nl)), range(len(gl))))
+    cells = [(cell_label(kl[a], int), cell_label(pl[b])) + ((nl[c],) if swept_noise else ())
+             + ((social.label(gl[g]),) if swept_graph else ()) for a, b, c, g in combos]
+    keys = ("k", "p") + (("noise",) if swept_noise else ()) + (("graph",) if swept_graph else ())
     B = len(combos) * replicas
     cell = torch.arange(B) // replicas
     replica = torch.arange(B) % replicas
     seeds = rng.mix(seed, replica)
     of = [combos[c] for c in cell.tolist()]
-    k_steps = torch.stack([k_rows[a] for a, _, _ in of])  # [B, T]
-    p_steps = torch.stack([p_rows[b] for _, b, _ in of])  # [B, T]
-    noise_t = torch.tensor([nl[c] for _, _, c in of], dtype=torch.float32)  # [B]
+    k_steps = torch.stack([k_rows[a] for a, _, _, _ in of])  # [B, T]
+    p_steps = torch.stack([p_rows[b] for _, b, _, _ in of])  # [B, T]
+    noise_t = torch.tensor([nl[c] for _, _, c, _ in of], dtype=torch.float32)  # [B]
+    graphs = social.build(gl, [g for _, _, _, g in of], seeds, n) if n is not None else None
 
     type_list = check_types(types, n) if types is not None else None
-    beta_rows = [betas[b] for _, b, _ in of]
+    beta_rows = [betas[b] for _, b, _, _ in of]
     per_agent = per_agent_values(seeds, n, type_list, beta_rows) if type_list or any(beta_rows) else {}
     for b, ab in enumerate(beta_rows):
         if ab is not None:  # p_t of a Beta cell: the mean of its agents' p, as with types
@@ -269,11 +278,11 @@ def build_populations(ks, ps, replicas: int, seed: int, *, steps: int = 1, n: in
         k_max = torch.maximum(k_max, torch.where(per_agent["k_own"], per_agent["k_agent"], 0).max(-1).values)
     p0 = p_steps[:, 0]
     return Populations(k_max, p0, seeds, cell, replica, cells, keys, k_steps, p_steps,
-                       noise=noise_t if any(nl) else None, noise_mode=noise_mode, **per_agent)
+                       noise=noise_t if any(nl) else None, noise_mode=noise_mode, graphs=graphs, **per_agent)
 
 
 def trial_populations(trial, seed: int) -> Populations:
-    """The populations a trial config describes (trial.k, p, replicas, steps, n, types, noise, noise_mode)."""
+    """The populations a trial config describes (trial.k, p, replicas, steps, n, types, noise, noise_mode, graph)."""
     return build_populations(trial.k, trial.p, int(trial.replicas), seed, steps=int(trial.steps), n=int(trial.n),
                              types=trial.get("types"), noise=trial.get("noise", 0.0),
-                             noise_mode=trial.get("noise_mode", "drop"))
+                             noise_mode=trial.get("noise_mode", "drop"), graph=trial.get("graph", "knn"))
