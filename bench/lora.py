@@ -6,7 +6,10 @@ agent's adapter, then one Adam step of the adapter on an answer it read (a KB an
               and one train_step (one forward and backward over all rows)
   per_agent   peft: for each agent, load its adapter and optimizer state into one PeftModel, one
               optimizer step, model.generate, store the adapter back
-Prints one JSON line: seconds per phase, agent-steps/s of each mode and their ratio.
+Prints one JSON line: seconds per phase, agent-steps/s of each mode and their ratio, and the roofline of
+the training step: the arithmetic it needs (frozen base weights: a forward and a backward to the inputs,
+no weight gradients), the matmul rate measured here, and so the fastest any batched training step can
+be here and the most a batched mode can gain over the per-agent loop even if generating were free.
 
     .venv/bin/python bench/lora.py --n 6 --steps 1            # the embedded SmolLM2
     .venv/bin/python bench/lora.py --n 30 --model-path DIR     # another LLaMA-family model
@@ -24,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's tensorsim
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Timer, config, emit  # noqa: E402
+from common import Timer, config, emit, linear_weights, machine_peaks  # noqa: E402
 
 
 def workload(cfg, tokenizer, n: int):
@@ -119,6 +122,25 @@ def per_agent(model, tokenizer, lora, prompts, answers, steps: int, max_new: int
             "agent_steps_per_s": round(done / tm.seconds, 3)}
 
 
+def training_roofline(model, prompts, answers, matmul_gflop_s: float, batched_train_s: float,
+                      per_agent_step_s: float) -> dict:
+    """The training step's useful arithmetic against the machine's matmul rate. Every token goes through
+    the decoder's linear maps forward and backward (2 + 2 multiply-add x 2 per weight: the base is
+    frozen, so no weight gradients), the head only where an answer token is predicted; LoRA's own
+    r-sized products, attention scores and norms are left out (a few %), so the floor is a lower bound.
+    -> GFLOP per step, the floor in seconds, the rate the batched step reached, and
+    per_agent_step_s / floor: the most any batched mode can gain here while generation costs nothing."""
+    body, head = linear_weights(model)
+    tokens = sum(len(p) + len(a) for p, a in zip(prompts, answers))
+    predicted = sum(len(a) for a in answers)
+    gflop = 4 * (body * tokens + head * predicted) / 1e9
+    floor = gflop / matmul_gflop_s
+    return {"train_gflop_per_step": round(gflop, 1), "matmul_GFLOP_per_s": matmul_gflop_s,
+            "train_floor_s": round(floor, 2), "train_achieved_GFLOP_per_s": round(gflop / batched_train_s, 1),
+            "train_share_of_matmul_peak": round(floor / batched_train_s, 3),
+            "speedup_bound_if_generation_free": round(per_agent_step_s / floor, 2)}
+
+
 SHAPES = {  # random-weight LLaMA shapes (vocabulary 32000: the test tokenizer uses its first 400 ids)
     "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                     num_key_value_heads=3),
@@ -185,11 +207,15 @@ def main() -> None:
     ours = batched(model, tokenizer, fresh(), prompts, answers, args.steps, args.max_new_tokens, args.lr)
     theirs = per_agent(model, tokenizer, fresh(), prompts, answers, args.steps, args.max_new_tokens, args.lr,
                        args.budget_s)
+    peaks = machine_peaks(device, dtype)
+    roofline = training_roofline(model, prompts, answers, peaks["matmul_GFLOP_per_s"], ours["train_s"] / args.steps,
+                                 theirs["seconds"] / (theirs["agent_steps"] / args.n))
     emit({"bench": "lora", "n": args.n, "steps": args.steps, "max_new_tokens": args.max_new_tokens,
           "rank": args.rank, "targets": targets, "model": f"random {args.random}" if args.random else str(args.model_path or cfg.model.name),
           "prompt_tokens_mean": round(sum(map(len, prompts)) / len(prompts), 1),
           "batched": ours, "per_agent_peft": theirs,
-          "speedup": round(ours["agent_steps_per_s"] / theirs["agent_steps_per_s"], 2)}, dtype)
+          "speedup": round(ours["agent_steps_per_s"] / theirs["agent_steps_per_s"], 2), "roofline": roofline,
+          "read_GB_per_s": peaks["read_GB_per_s"]}, dtype)
 
 
 if __name__ == "__main__":

@@ -177,3 +177,20 @@ def test_calibration_table_reads_every_run_and_sets_the_papers_figures_beside(tm
         assert c["final_silos_mean"] == sum(c["final_silos"]) / 2
         assert c["last_change_step"] == [rep["last_change_step"] for rep in summary["replicas"]]
     assert "| 1 | 0.2 | 2 |" in out.with_suffix(".md").read_text()
+
+
+def test_lora_roofline_counts_forward_and_input_backward_and_bounds_the_speedup(small_llm):
+    """bench/lora.py: with the base frozen every token costs a forward and a backward to the inputs (4 FLOPs
+    per weight), the head only where an answer token is predicted; the bound is the per-agent loop's step
+    over that floor."""
+    from lora import training_roofline
+
+    model, _ = small_llm
+    body, head = linear_weights(model)
+    prompts, answers = [[1] * 90, [1] * 100], [[2] * 10, [2] * 20]
+    r = training_roofline(model, prompts, answers, matmul_gflop_s=100.0, batched_train_s=2.0, per_agent_step_s=5.0)
+    gflop = 4 * (body * 220 + head * 30) / 1e9
+    assert abs(r["train_gflop_per_step"] - round(gflop, 1)) < 1e-9
+    assert r["train_floor_s"] == round(gflop / 100, 2)
+    assert r["train_achieved_GFLOP_per_s"] == round(gflop / 2.0, 1)
+    assert r["speedup_bound_if_generation_free"] == round(5.0 / (gflop / 100), 2)
