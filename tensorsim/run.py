@@ -32,6 +32,15 @@ def cell_title(cell: dict) -> str:
 EDGES = "graph_edges.csv"
 
 
+def check_same_graphs(saved, graphs) -> None:
+    """A resumed run must draw partners on the graphs it started with: an edge file edited since would
+    silently change them."""
+    now = None if graphs is None else graphs.nbrs
+    if (saved is None) != (now is None) or (now is not None and not torch.equal(saved, now)):
+        raise UserError("cannot resume: trial.graph gives other social graphs than the checkpoint's (was the "
+                        "edge-list file changed?): restore it, or start again with overwrite=true")
+
+
 def graph_edges(pops, members, replicas) -> list[tuple[int, int, int]]:
     """The fixed social graph of each member population as (replica, i, j) rows with i < j; [] for knn."""
     g = pops.graphs
@@ -103,6 +112,7 @@ def _simulate(cfg, run_dir: Path, hydra_subdir: str | None, overrides: list[str]
     if ckpt is not None:
         t0 = ckpt["t"]
         check_resumable(ckpt, agents.state_dict(), (B, n), T)
+        check_same_graphs(ckpt.get("graph_nbrs"), pops.graphs)
         history[:t0], S[:t0], E[:t0], silos[:t0] = ckpt["history"], ckpt["S"], ckpt["E"], ckpt["silos"]
         new_tokens, generations, elapsed_before = ckpt["new_tokens"], ckpt["generations"], ckpt["elapsed"]
         protocol = ckpt.get("protocol", {})
@@ -129,7 +139,8 @@ def _simulate(cfg, run_dir: Path, hydra_subdir: str | None, overrides: list[str]
             "history": history[:t_next].clone(), "S": S[:t_next].clone(), "E": E[:t_next].clone(),
             "silos": silos[:t_next].clone(), "new_tokens": new_tokens, "generations": generations,
             "protocol": {key: v.clone() for key, v in protocol.items()},
-            "elapsed": float(elapsed), "offsets": offsets, "hydra_files": hydra_files})
+            "elapsed": float(elapsed), "offsets": offsets, "hydra_files": hydra_files,
+            **({"graph_nbrs": pops.graphs.nbrs.clone()} if pops.graphs is not None else {})})
         saved.update(t=t_next, offsets=offsets)
 
     phase = [""]  # what was being written, for the disk-full message

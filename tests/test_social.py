@@ -257,3 +257,31 @@ def test_cli_refuses_a_bad_graph_file_with_exit_2(tmp_path):
     missing = run_cli("agents=gmm", "trial=smoke", f"trial.graph={{file:{tmp_path / 'none.txt'}}}",
                       f"hydra.run.dir={tmp_path / 'run2'}", timeout=120)
     assert missing.returncode == 2 and "cannot be read" in missing.stderr
+
+
+def test_resume_continues_on_the_same_graph_and_refuses_an_edited_edge_file(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    f = tmp_path / "edges.txt"
+    ring = "0 1\n1 2\n2 3\n3 4\n4 5\n5 0\n"
+    f.write_text(ring)
+    common = ("agents=gmm", "trial=smoke", "output.plots=false", "trial.n=6", "trial.steps=6", "checkpoint.every=2",
+              f"trial.graph={{file:{f}}}")
+    whole = tmp_path / "whole"
+    assert run_cli(*common, f"hydra.run.dir={whole}", timeout=120).returncode == 0
+    part = tmp_path / "part"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), TENSORSIM_FAULTS=json.dumps({"signal": ["TERM", 3]}))
+    r = subprocess.run([sys.executable, "-m", "fault_inject", *common, f"hydra.run.dir={part}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 5, r.stderr[-2000:]  # stopped with a checkpoint
+    f.write_text(ring.replace("0 1", "0 2"))
+    edited = run_cli(*common, "resume=true", f"hydra.run.dir={part}", timeout=120)
+    assert edited.returncode == 2 and "other social graphs than the checkpoint's" in edited.stderr, edited.stderr
+    f.write_text(ring)
+    ok = run_cli(*common, "resume=true", f"hydra.run.dir={part}", timeout=120)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    for table in TABLES + ("graph_edges.csv",):
+        assert (part / table).read_bytes() == (whole / table).read_bytes()
