@@ -48,7 +48,7 @@ def heatmap(path: Path, stats: dict[CellKey, dict], value: str, title: str, cbar
     mid = (lo + hi) / 2
     for ax, (panel, _, _, grid) in zip(axes.ravel(), panels):
         im = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap="viridis", vmin=lo, vmax=hi)
-        ax.set_xticks(range(len(cols)), [fmt_value(c) for c in cols] if layout.cols else [""])
+        ax.set_xticks(range(len(cols)) if layout.cols else [], [fmt_value(c) for c in cols] if layout.cols else [])
         ax.set_yticks(range(len(rows)), [fmt_value(r) for r in rows])
         ax.set_xlabel(axis_title(layout.cols) if layout.cols else "")
         ax.set_ylabel(axis_title(layout.rows))
