@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .dims import fmt_value
 from .figures import panel_grid
 from .plots import save_fig
 
@@ -74,16 +75,18 @@ def drift_stats(d: dict[str, np.ndarray]) -> dict:
             "final_answer_distance": float(d["answer_distance"][:, -1].mean()), "distance_correlation": corr}
 
 
-def drift_markdown(stats: dict) -> list[str]:
+def drift_markdown(stats: dict, names: tuple[str, ...]) -> list[str]:
+    """The drift table of phase.md: stats CellKey -> drift_stats, a column per swept key (names)."""
     lines = ["", "## Weight drift (agents=lora)", "",
              "Update norm: ||B'A' - BA|| of an agent's adapter in one step. Distances: an agent's mean cosine "
              "distance to the others of its population, of the flattened adapters B·A and of the answers' "
              "embeddings. r: their correlation over agents and steps.", "",
-             "| cell | runs | final update norm | mean update norm | final adapter distance | final answer distance "
-             "| r |",
-             "|---|---|---|---|---|---|---|"]
+             "| " + " | ".join(names) + " | runs | final update norm | mean update norm | final adapter distance "
+             "| final answer distance | r |",
+             "|---" * (len(names) + 6) + "|"]
     for key, st in stats.items():
-        lines.append(f"| {key.label()} | {st['runs']} | {st['final_update_norm']:.4g} | {st['mean_update_norm']:.4g} | "
+        values = " | ".join(fmt_value(key[n]) for n in names)
+        lines.append(f"| {values} | {st['runs']} | {st['final_update_norm']:.4g} | {st['mean_update_norm']:.4g} | "
                      f"{st['final_adapter_distance']:.4f} | {st['final_answer_distance']:.4f} | "
                      f"{st['distance_correlation']:.3f} |")
     return lines

@@ -156,7 +156,7 @@ def report(root: Path, out: Path, window: int = 20, band: str = "sd", embed: boo
     if drift:
         drift_stats_by_cell = {key: drift_stats(d) for key, d in drift.items()}
         drift_figure(out / "drift.png", drift, layout)
-        drift_lines = drift_markdown(drift_stats_by_cell)
+        drift_lines = drift_markdown(drift_stats_by_cell, names)
         for key, st in drift_stats_by_cell.items():
             stats[key]["drift"] = st
     write_text_atomic(out / "phase.md", phase_markdown(stats, names, layout, window, str(root), notes, by_type,
