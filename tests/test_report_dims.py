@@ -49,11 +49,13 @@ def test_phase_csv_has_a_row_per_k_p_noise_cell(grids, tmp_path):
     for r in rows:
         s = summary(grids / "noise", f"k{r['k']}_p{r['p']}_noise{r['noise']}")
         assert (s["k"], s["p"], s["noise"]) == (int(r["k"]), float(r["p"]), float(r["noise"]))
+        assert s["cell_keys"] == ["k", "p", "noise"]
         assert r["runs"] == "2"
         assert float(r["final_silos_mean"]) == pytest.approx(statistics.mean(x["final_n_silos"] for x in s["replicas"]))
     md = (out / "phase.md").read_text()
     assert "# Phase diagram over (k, p, noise)" in md
-    assert "Heatmaps (phase_silos.png, phase_convergence.png): k (rows) × p (columns), one panel per value of noise." in md
+    assert ("Heatmaps (phase_silos.png, phase_convergence.png): k (rows) × p (columns), one panel per value of "
+            "noise.") in md
     assert "| 2 | 0.7 | 0.5 | 2 |" in md
 
 

@@ -1,14 +1,16 @@
 """`python -m tensorsim.compare A B [--out DIR]`: does run set A behave like run set B, cell by cell?
 
 A and B are anything `report` reads (a run, a packed grid, a multirun, an `analyze --pattern` import).
-For every cell present in both (cells match on every swept key: k, p, noise, graph, ...), per metric (final silos, final entropy, step of the last label
-change, mean S over the final --window steps): runs, mean ± sample sd on each side, the difference
-A − B and a two-sided two-sample test (tensorsim/analysis/twosample.py). The p-values of all the cells
-and metrics are one family, adjusted by --adjust (Holm by default: one comparison asks many questions
-at once); a metric differs where its adjusted p is below --alpha. Cells on one side only are listed.
+For every cell present in both (cells match on every swept key: k, p, noise, graph, ...), per metric
+(final silos, final entropy, step of the last label change, mean S over the final --window steps): runs,
+mean ± sample sd on each side, the difference A − B and a two-sided two-sample test
+(tensorsim/analysis/twosample.py). The p-values of all the cells and metrics are one family, adjusted by
+--adjust (Holm by default: one comparison asks many questions at once); a metric differs where its
+adjusted p is below --alpha. Cells on one side only are listed.
 Written into DIR: compare.csv (one row per cell and metric, a column per swept key), compare_heatmaps.png
-(A, B and A − B over k and p, or the two keys that vary most, differing cells boxed), compare_stability.png and compare_entropy.png (S(t), E(t): A's and B's
-bands overlaid per cell), and compare.md last (the tables; its presence means the rest is written).
+(A, B and A − B over k and p, or the two keys that vary most, differing cells boxed),
+compare_stability.png and compare_entropy.png (S(t), E(t): A's and B's bands overlaid per cell), and
+compare.md last (the tables; its presence means the rest is written).
 """
 from __future__ import annotations
 
@@ -133,7 +135,8 @@ def markdown(result: dict, metrics: list[str], names: tuple[str, str], roots: tu
             flagged.setdefault(r["cell"], []).append(METRICS[r["metric"]])
     adj = {"holm": "Holm-adjusted", "bh": "Benjamini-Hochberg-adjusted", "none": "unadjusted"}[how]
     lines = [f"# {na} vs {nb}", "",
-             f"{na} = `{roots[0]}`, {nb} = `{roots[1]}`. Per cell ({', '.join(keys)}): runs, mean ± sample sd on each side, "
+             f"{na} = `{roots[0]}`, {nb} = `{roots[1]}`. Per cell ({', '.join(keys)}): runs, mean ± sample sd on "
+             f"each side, "
              f"the difference {na} − {nb}, and a two-sided two-sample test; p-values of all "
              f"{len(rows)} tests are {adj} as one family, and **differs** marks adjusted p < {alpha:g}. "
              f"S̄: mean S(t) over the last {window} steps.", "",
@@ -143,8 +146,8 @@ def markdown(result: dict, metrics: list[str], names: tuple[str, str], roots: tu
              f"Only in {na}: {_cells_text(result['only_a'])}. Only in {nb}: {_cells_text(result['only_b'])}."]
     for m in metrics:
         lines += ["", f"## {METRICS[m]}", "",
-                  "| " + " | ".join(keys) + f" | runs {na} | runs {nb} | {na} | {nb} | {na} − {nb} | test | p | adj. p "
-                  "| differs |", "|---" * (len(keys) + 9) + "|"]
+                  "| " + " | ".join(keys) + f" | runs {na} | runs {nb} | {na} | {nb} | {na} − {nb} | test | p "
+                  "| adj. p | differs |", "|---" * (len(keys) + 9) + "|"]
         for r in (r for r in rows if r["metric"] == m):
             lines.append(f"| {' | '.join(_g(r[n]) for n in keys)} | {r['runs_a']} | {r['runs_b']} | "
                          f"{_ms(r['mean_a'], r['sd_a'])} | {_ms(r['mean_b'], r['sd_b'])} | {_g(r['diff'])} | "
