@@ -35,7 +35,8 @@ def cell_rows(root: Path) -> list[dict]:
     if not cells:
         sys.exit(f"{root}: no complete run found ({'; '.join(notes) or 'no summary.json'})")
     rows = []
-    for (k, p), cs in group_cells(cells).items():
+    for key, cs in group_cells(cells).items():
+        k, p = key.k, key.p
         runs = list(iter_runs(cs))
         finals = [int(rec["final_n_silos"]) for _, rec, *_ in runs]
         last = [rec.get("last_change_step") for _, rec, *_ in runs]

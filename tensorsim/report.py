@@ -1,4 +1,4 @@
-"""`python -m tensorsim.report DIR`: the phase diagram over (k, p) of the runs under DIR, and its figures.
+"""`python -m tensorsim.report DIR [--axes X,Y]`: the phase diagram over the swept keys of the runs under DIR.
 The command lives here; the work in tensorsim/analysis/report.py."""
 import sys
 

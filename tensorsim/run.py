@@ -222,7 +222,7 @@ def finish(cfg, run_dir: Path, agents, writers, pops, names, history, S, E, silo
         "wall_time_s": round(wall, 3), "new_tokens": new_tokens, "generations": generations,
         "new_tokens_per_s": round(new_tokens / wall, 2) if wall > 0 else None,
         "agent_steps_per_s": round(B * n * T / wall, 2) if wall > 0 else None,
-        "populations": B, "output_format": fmt, "complete": True,
+        "populations": B, "output_format": fmt, "complete": True, "cell_keys": list(pops.cell_keys),
     }
     if protocol:
         common["protocol"] = protocol_summary(protocol, range(B))

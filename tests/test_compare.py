@@ -102,8 +102,9 @@ def sets(tmp_path_factory):
 def test_sets_differing_in_one_cell_flag_exactly_that_cell(sets, tmp_path):
     out = tmp_path / "cmp"
     result = cmp.compare(sets / "a", sets / "b", out, names=("mine", "published"))
-    assert result["common"] == COMMON
-    assert result["only_a"] == [(5, 0.2)] and result["only_b"] == [(15, 0.7)]
+    assert [(key.k, key.p) for key in result["common"]] == COMMON
+    assert [key.items for key in result["only_a"]] == [(("k", 5), ("p", 0.2))]
+    assert [key.items for key in result["only_b"]] == [(("k", 15), ("p", 0.7))]
     flagged = {(r["k"], r["p"], r["metric"]) for r in result["rows"] if r["differs"]}
     assert flagged == {(25, 0.5, m) for m in cmp.METRICS}
     rows = {(r["k"], r["p"], r["metric"]): r for r in read_csv(out / "compare.csv")}

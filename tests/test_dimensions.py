@@ -420,16 +420,15 @@ def test_dimension_trials_run_with_gmm_agents(tmp_path, trial, cells):
 
 
 def test_report_reads_a_grid_of_schedules_and_noise(tmp_path):
-    """Until phase diagrams over any two dimensions exist, a schedule's label stands for its number on
-    the k or p axis, and noise levels stay apart as columns of the p axis."""
+    """A schedule's label stands for its number in the k column, and the swept noise has a column of its own."""
     from tensorsim.analysis import report
 
     d = _run(tmp_path, "grid", "trial.n=8", "trial.steps=4", "trial.k=[2,{linear:[4,1]}]", "trial.p=0.5",
              "trial.noise=[0,0.2]")
     assert report.main([str(d), "--window", "2"]) == 0
-    rows = [(r["k"], r["p"], r["runs"]) for r in _rows(d / "phase.csv")]
-    assert rows == [("2", "0.5 noise0", "1"), ("2", "0.5 noise0.2", "1"), ("linear4-1", "0.5 noise0", "1"),
-                    ("linear4-1", "0.5 noise0.2", "1")]
+    rows = [(r["k"], r["p"], r["noise"], r["runs"]) for r in _rows(d / "phase.csv")]
+    assert rows == [("2", "0.5", "0", "1"), ("2", "0.5", "0.2", "1"), ("linear4-1", "0.5", "0", "1"),
+                    ("linear4-1", "0.5", "0.2", "1")]
     assert (d / "phase_silos.png").read_bytes()[:4] == b"\x89PNG"
 
 

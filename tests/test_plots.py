@@ -3,6 +3,7 @@ import numpy as np
 from matplotlib.colors import to_rgba
 
 from tensorsim.analysis import figures, plots, runs
+from tensorsim.analysis.dims import Layout
 
 
 def is_grey(c):
@@ -79,7 +80,8 @@ def test_report_silo_size_layers_distinct_and_other_grey(tmp_path, monkeypatch):
     monkeypatch.setattr(figures, "read_agent_labels", lambda path: {0: mats[path.parent]})
     figs = []
     monkeypatch.setattr(figures, "save_fig", lambda fig, path: figs.append(fig))
-    assert figures.silo_sizes(tmp_path / "s.png", {(1, 0.2): [small], (5, 0.2): [large]}, [])
+    groups = runs.group_cells([small, large])
+    assert figures.silo_sizes(tmp_path / "s.png", groups, [], Layout("k", "p"))
     legend = figs[0].legends[0]
     assert [t.get_text() for t in legend.get_texts()] == labels
     assert [tuple(h.get_facecolor()) for h in legend.legend_handles] == [c[:3] + (0.85,) for c in colours]

@@ -1,14 +1,16 @@
 """`python -m tensorsim.compare A B [--out DIR]`: does run set A behave like run set B, cell by cell?
 
 A and B are anything `report` reads (a run, a packed grid, a multirun, an `analyze --pattern` import).
-For every (k, p) cell present in both, per metric (final silos, final entropy, step of the last label
-change, mean S over the final --window steps): runs, mean ± sample sd on each side, the difference
-A − B and a two-sided two-sample test (tensorsim/analysis/twosample.py). The p-values of all the cells
-and metrics are one family, adjusted by --adjust (Holm by default: one comparison asks many questions
-at once); a metric differs where its adjusted p is below --alpha. Cells on one side only are listed.
-Written into DIR: compare.csv (one row per cell and metric), compare_heatmaps.png (A, B and A − B over
-(k, p), differing cells boxed), compare_stability.png and compare_entropy.png (S(t), E(t): A's and B's
-bands overlaid per cell), and compare.md last (the tables; its presence means the rest is written).
+For every cell present in both (cells match on every swept key: k, p, noise, graph, ...), per metric
+(final silos, final entropy, step of the last label change, mean S over the final --window steps): runs,
+mean ± sample sd on each side, the difference A − B and a two-sided two-sample test
+(tensorsim/analysis/twosample.py). The p-values of all the cells and metrics are one family, adjusted by
+--adjust (Holm by default: one comparison asks many questions at once); a metric differs where its
+adjusted p is below --alpha. Cells on one side only are listed.
+Written into DIR: compare.csv (one row per cell and metric, a column per swept key), compare_heatmaps.png
+(A, B and A − B over k and p, or the two keys that vary most, differing cells boxed),
+compare_stability.png and compare_entropy.png (S(t), E(t): A's and B's bands overlaid per cell), and
+compare.md last (the tables; its presence means the rest is written).
 """
 from __future__ import annotations
 
@@ -21,14 +23,19 @@ import numpy as np
 
 from ..errors import UserError
 from ..outputs import write_csv_atomic, write_text_atomic
-from .figures import kp_label
-from .runs import Cell, find_cells, group_cells, run_values
+from .dims import CellKey, choose_layout, key_values, sort_keys
+from .runs import Cell, find_cells, group_cells, run_values, swept_keys
 from .twosample import ADJUSTMENTS, TESTS, adjust, two_sample
 
 METRICS = {"final_silos": "final silos", "final_entropy": "final E [nats]", "last_change": "last change step",
            "window_stability": "S̄ over the final window"}
-COLUMNS = ["k", "p", "metric", "runs_a", "mean_a", "sd_a", "runs_b", "mean_b", "sd_b", "diff", "test",
-           "p_value", "p_adjusted", "differs"]
+COMPARE_STATS = ["metric", "runs_a", "mean_a", "sd_a", "runs_b", "mean_b", "sd_b", "diff", "test", "p_value",
+                 "p_adjusted", "differs"]
+
+
+def compare_columns(names: tuple[str, ...]) -> list[str]:
+    """compare.csv's header: one column per swept key (k, p first), then COMPARE_STATS."""
+    return list(names) + COMPARE_STATS
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -42,13 +49,8 @@ def parse_metrics(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _key(k, p) -> tuple:
-    """Cells match on k and on p rounded to 9 digits (0.7 read as 7/10 equals 0.7 from a config)."""
-    return k, (None if p is None else round(float(p), 9))
-
-
-def load_set(root: Path, side: str, notes: list[str]) -> dict[tuple, list[Cell]]:
-    """Every complete run under root, grouped by (k, p)."""
+def load_set(root: Path, side: str, notes: list[str]) -> list[Cell]:
+    """Every complete run under root."""
     if not root.is_dir():
         raise UserError(f"{side} {root}: no such directory")
     found: list[str] = []
@@ -56,10 +58,14 @@ def load_set(root: Path, side: str, notes: list[str]) -> dict[tuple, list[Cell]]
     notes += [f"{side}: {n}" for n in found]
     if not cells:
         raise UserError(f"{side} {root}: no complete run found (a complete run directory holds summary.json)")
-    groups: dict[tuple, list[Cell]] = {}
-    for (k, p), cs in group_cells(cells).items():
-        groups.setdefault(_key(k, p), []).extend(cs)
-    return groups
+    return cells
+
+
+def group_sets(a: list[Cell], b: list[Cell]) -> tuple[dict, dict]:
+    """Both sets' cells grouped by the same keys, every key either side swept (a key one side did not
+    sweep takes that side's config value: dims / Cell.value), so that their cells match on all of them."""
+    names = swept_keys(a + b)
+    return group_cells(a, names), group_cells(b, names)
 
 
 # ----------------------------------------------------------------------------------------- numbers
@@ -70,7 +76,7 @@ def _mean_sd(x: list[float]) -> tuple[float, float]:
     return float(np.mean(x)), (float(np.std(x, ddof=1)) if len(x) > 1 else math.nan)
 
 
-def compare_cell(key: tuple, a: list[Cell], b: list[Cell], metrics: list[str], window: int, test: str) -> list[dict]:
+def compare_cell(key: CellKey, a: list[Cell], b: list[Cell], metrics: list[str], window: int, test: str) -> list[dict]:
     """One row per metric: both sides' samples summarised and tested (p not yet adjusted)."""
     va, vb = run_values(a, window), run_values(b, window)
     rows = []
@@ -79,25 +85,20 @@ def compare_cell(key: tuple, a: list[Cell], b: list[Cell], metrics: list[str], w
         xb = [x for x in vb[m] if math.isfinite(x)]
         (ma, sa), (mb, sb) = _mean_sd(xa), _mean_sd(xb)
         name, p = two_sample(xa, xb, test)
-        rows.append({"k": key[0], "p": key[1], "metric": m, "runs_a": len(xa), "mean_a": ma, "sd_a": sa,
+        rows.append({"cell": key, **dict(key.items), "metric": m, "runs_a": len(xa), "mean_a": ma, "sd_a": sa,
                      "runs_b": len(xb), "mean_b": mb, "sd_b": sb, "diff": ma - mb, "test": name, "p_value": p})
     return rows
 
 
-def _order(key: tuple) -> tuple:
-    k, p = key
-    return (k is None, k or 0, p is None, p or 0.0)
-
-
 def compare_sets(A: dict, B: dict, metrics: list[str], window: int, test: str, how: str, alpha: float) -> dict:
     """The rows of every common cell with adjusted p-values and flags, and the cells of one side only."""
-    common = sorted(set(A) & set(B), key=_order)
+    common = sort_keys([key for key in A if key in B])
     rows = [r for key in common for r in compare_cell(key, A[key], B[key], metrics, window, test)]
     for r, q in zip(rows, adjust([r["p_value"] for r in rows], how)):
         r["p_adjusted"] = q
         r["differs"] = bool(math.isfinite(q) and q < alpha)
-    return {"common": common, "rows": rows, "only_a": sorted(set(A) - set(B), key=_order),
-            "only_b": sorted(set(B) - set(A), key=_order)}
+    return {"common": common, "rows": rows, "only_a": [key for key in A if key not in B],
+            "only_b": [key for key in B if key not in A]}
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -108,8 +109,8 @@ def _g(v, digits: int = 3) -> str:
     return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 
-def csv_rows(rows: list[dict]) -> list[list[str]]:
-    return [[_g(r["k"]), _g(r["p"]), r["metric"], r["runs_a"], _g(r["mean_a"], 6), _g(r["sd_a"], 6), r["runs_b"],
+def csv_rows(rows: list[dict], names: tuple[str, ...]) -> list[list[str]]:
+    return [[_g(r[n]) for n in names] + [r["metric"], r["runs_a"], _g(r["mean_a"], 6), _g(r["sd_a"], 6), r["runs_b"],
              _g(r["mean_b"], 6), _g(r["sd_b"], 6), _g(r["diff"], 6), r["test"], _g(r["p_value"], 6),
              _g(r["p_adjusted"], 6), int(r["differs"])] for r in rows]
 
@@ -121,32 +122,34 @@ def _ms(mean: float, sd: float) -> str:
 
 
 def _cells_text(keys: list[tuple]) -> str:
-    return ", ".join(kp_label(*k) for k in keys) or "none"
+    return ", ".join(k.label() for k in keys) or "none"
 
 
 def markdown(result: dict, metrics: list[str], names: tuple[str, str], roots: tuple[Path, Path], window: int,
-             alpha: float, how: str, notes: list[str]) -> str:
+             alpha: float, how: str, notes: list[str], keys: tuple[str, ...] = ("k", "p")) -> str:
+    """compare.md; keys: the swept keys, one table column each."""
     rows, (na, nb) = result["rows"], names
     flagged = {}
     for r in rows:
         if r["differs"]:
-            flagged.setdefault((r["k"], r["p"]), []).append(METRICS[r["metric"]])
+            flagged.setdefault(r["cell"], []).append(METRICS[r["metric"]])
     adj = {"holm": "Holm-adjusted", "bh": "Benjamini-Hochberg-adjusted", "none": "unadjusted"}[how]
     lines = [f"# {na} vs {nb}", "",
-             f"{na} = `{roots[0]}`, {nb} = `{roots[1]}`. Per (k, p) cell: runs, mean ± sample sd on each side, "
+             f"{na} = `{roots[0]}`, {nb} = `{roots[1]}`. Per cell ({', '.join(keys)}): runs, mean ± sample sd on "
+             f"each side, "
              f"the difference {na} − {nb}, and a two-sided two-sample test; p-values of all "
              f"{len(rows)} tests are {adj} as one family, and **differs** marks adjusted p < {alpha:g}. "
              f"S̄: mean S(t) over the last {window} steps.", "",
              f"**{len(flagged)} of {len(result['common'])} common cells differ**"
-             + (": " + "; ".join(f"{kp_label(*key)} ({', '.join(ms)})" for key, ms in flagged.items()) if flagged
+             + (": " + "; ".join(f"{key.label()} ({', '.join(ms)})" for key, ms in flagged.items()) if flagged
                 else "."), "",
              f"Only in {na}: {_cells_text(result['only_a'])}. Only in {nb}: {_cells_text(result['only_b'])}."]
     for m in metrics:
         lines += ["", f"## {METRICS[m]}", "",
-                  f"| k | p | runs {na} | runs {nb} | {na} | {nb} | {na} − {nb} | test | p | adj. p | differs |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| " + " | ".join(keys) + f" | runs {na} | runs {nb} | {na} | {nb} | {na} − {nb} | test | p "
+                  "| adj. p | differs |", "|---" * (len(keys) + 9) + "|"]
         for r in (r for r in rows if r["metric"] == m):
-            lines.append(f"| {_g(r['k'])} | {_g(r['p'])} | {r['runs_a']} | {r['runs_b']} | "
+            lines.append(f"| {' | '.join(_g(r[n]) for n in keys)} | {r['runs_a']} | {r['runs_b']} | "
                          f"{_ms(r['mean_a'], r['sd_a'])} | {_ms(r['mean_b'], r['sd_b'])} | {_g(r['diff'])} | "
                          f"{r['test']} | {_g(r['p_value'])} | {_g(r['p_adjusted'])} | "
                          f"{'**yes**' if r['differs'] else 'no'} |")
@@ -170,31 +173,33 @@ def compare(a: Path, b: Path, out: Path, *, window: int = 20, alpha: float = 0.0
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
     notes: list[str] = []
-    A, B = load_set(a, names[0], notes), load_set(b, names[1], notes)
+    A, B = group_sets(load_set(a, names[0], notes), load_set(b, names[1], notes))
+    keys = next(iter(A)).names
     result = compare_sets(A, B, chosen, window, test, how, alpha)
     T_max = max(len(s) for groups in (A, B) for cs in groups.values() for c in cs for s in c.S.values())
     if window > T_max - 1:
         notes.append(f"--window={window} is longer than the runs ({T_max} steps): S̄ averages every step t >= 1")
     if not result["common"]:
-        raise UserError(f"no (k, p) cell in both sets: {names[0]} has {_cells_text(sorted(A, key=_order))}; "
-                        f"{names[1]} has {_cells_text(sorted(B, key=_order))}")
+        raise UserError(f"no ({', '.join(keys)}) cell in both sets: {names[0]} has {_cells_text(list(A))}; "
+                        f"{names[1]} has {_cells_text(list(B))}")
     from .compare_figures import difference_heatmaps, overlaid_curves
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.md").unlink(missing_ok=True)  # written last: until then the directory reads as unfinished
-    difference_heatmaps(out / "compare_heatmaps.png", result["rows"], {m: METRICS[m] for m in chosen}, names)
+    layout = choose_layout(key_values(result["common"]))
+    difference_heatmaps(out / "compare_heatmaps.png", result["rows"], {m: METRICS[m] for m in chosen}, names, layout)
     for which, file in (("S", "compare_stability.png"), ("E", "compare_entropy.png")):
         overlaid_curves(out / file, result["common"], A, B, which, band, names,
-                        {(r["k"], r["p"]) for r in result["rows"] if r["differs"]})
-    write_csv_atomic(out / "compare.csv", COLUMNS, csv_rows(result["rows"]))
-    write_text_atomic(out / "compare.md", markdown(result, chosen, names, (a, b), window, alpha, how, notes))
+                        {r["cell"] for r in result["rows"] if r["differs"]}, layout)
+    write_csv_atomic(out / "compare.csv", compare_columns(keys), csv_rows(result["rows"], keys))
+    write_text_atomic(out / "compare.md", markdown(result, chosen, names, (a, b), window, alpha, how, notes, keys))
     result["notes"] = notes
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tensorsim.compare",
-                                 description="Compare two run sets cell by cell over (k, p): means, differences, "
+                                 description="Compare two run sets cell by cell (every swept key): means, differences, "
                                              "two-sample tests, figures.")
     ap.add_argument("a", type=Path, help="run set A: a run, a packed grid, a multirun or an analysed directory")
     ap.add_argument("b", type=Path, help="run set B, likewise")
@@ -219,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for n in result["notes"]:
         print(f"[compare] {n}", file=sys.stderr)
-    differ = {(r["k"], r["p"]) for r in result["rows"] if r["differs"]}
-    print(f"[compare] {len(result['common'])} common (k, p) cells, {len(differ)} differ; only in {names[0]}: "
+    differ = {r["cell"] for r in result["rows"] if r["differs"]}
+    print(f"[compare] {len(result['common'])} common cells, {len(differ)} differ; only in {names[0]}: "
           f"{len(result['only_a'])}, only in {names[1]}: {len(result['only_b'])} -> {args.out / 'compare.md'}")
     return 0

@@ -1,37 +1,35 @@
-"""compare's figures: A, B and A − B heatmaps over (k, p) with differing cells boxed, and S(t) / E(t)
-bands of both sets overlaid per cell."""
+"""compare's figures: A, B and A − B heatmaps over two swept keys (dims.Layout) with differing cells boxed,
+one row of them per metric and value of the other keys that vary, and S(t) / E(t) bands of both sets
+overlaid per cell."""
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from .figures import kp_label, mean_band, panel_grid
+from .dims import Layout, axis_title, fmt_value, key_values
+from .figures import mean_band, panel_grid
 from .plots import plt, save_fig
 from .runs import iter_runs
 
 SIDE_COLOURS = ("tab:blue", "tab:orange")
 
 
-def _axes_values(keys) -> tuple[list, list]:
-    ks = sorted({k for k, _ in keys}, key=lambda v: (v is not None, v or 0))
-    ps = sorted({p for _, p in keys}, key=lambda v: (v is not None, v or 0))
-    return ks, ps
-
-
-def _grid(rows: list[dict], field: str, ks: list, ps: list) -> np.ndarray:
+def _grid(rows: list[dict], field: str, layout: Layout, ks: list, ps: list) -> np.ndarray:
+    """[len(ks), len(ps)] of rows' field over layout.rows x layout.cols (one column for a strip)."""
     grid = np.full((len(ks), len(ps)), np.nan)
     for r in rows:
-        grid[ks.index(r["k"]), ps.index(r["p"])] = r[field]
+        grid[ks.index(r[layout.rows]), ps.index(r[layout.cols]) if layout.cols else 0] = r[field]
     return grid
 
 
 def _draw(ax, grid: np.ndarray, ks, ps, cmap: str, vmin: float, vmax: float, flags=None):
     im = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
-    ax.set_xticks(range(len(ps)), [f"{p:g}" if p is not None else "?" for p in ps])
-    ax.set_yticks(range(len(ks)), [str(k) if k is not None else "?" for k in ks])
+    ax.set_xticks(range(len(ps)), [fmt_value(p) if p is not None else "" for p in ps])
+    ax.set_yticks(range(len(ks)), [fmt_value(k) for k in ks])
     for i in range(len(ks)):
         for j in range(len(ps)):
             if np.isfinite(grid[i, j]):
@@ -45,31 +43,37 @@ def _draw(ax, grid: np.ndarray, ks, ps, cmap: str, vmin: float, vmax: float, fla
     return im
 
 
-def difference_heatmaps(path: Path, rows: list[dict], metrics: dict[str, str], names: tuple[str, str]) -> None:
-    """One row of panels per metric (metrics: name -> title): A's mean, B's mean (one colour scale),
-    A − B (diverging, centred at 0)."""
-    ks, ps = _axes_values({(r["k"], r["p"]) for r in rows})
+def difference_heatmaps(path: Path, rows: list[dict], metrics: dict[str, str], names: tuple[str, str],
+                        layout: Layout) -> None:
+    """One row of panels per metric (metrics: name -> title) and value combination of layout.panels:
+    A's mean, B's mean (one colour scale), A − B (diverging, centred at 0)."""
+    values = key_values([r["cell"] for r in rows])
+    ks = values[layout.rows]
+    ps = values[layout.cols] if layout.cols else [None]
+    combos = list(itertools.product(*(values[n] for n in layout.panels)))
+    lines = [(m, combo) for m in metrics for combo in combos]
     w = 1.0 + 0.7 * len(ps)
-    fig, axes = plt.subplots(len(metrics), 3, figsize=(3 * w + 2.5, 0.9 + len(metrics) * (0.9 + 0.35 * len(ks))),
+    fig, axes = plt.subplots(len(lines), 3, figsize=(3 * w + 2.5, 0.9 + len(lines) * (0.9 + 0.35 * len(ks))),
                              squeeze=False, layout="constrained")
-    for row_axes, m in zip(axes, metrics):
-        mine = [r for r in rows if r["metric"] == m]
-        a, b, d = (_grid(mine, f, ks, ps) for f in ("mean_a", "mean_b", "diff"))
-        flags = _grid([dict(r, differs=float(r["differs"])) for r in mine], "differs", ks, ps) == 1
+    for row_axes, (m, combo) in zip(axes, lines):
+        mine = [r for r in rows if r["metric"] == m and all(r[n] == v for n, v in zip(layout.panels, combo))]
+        where = "".join(f", {n}={fmt_value(v)}" for n, v in zip(layout.panels, combo))
+        a, b, d = (_grid(mine, f, layout, ks, ps) for f in ("mean_a", "mean_b", "diff"))
+        flags = _grid([dict(r, differs=float(r["differs"])) for r in mine], "differs", layout, ks, ps) == 1
         both = np.concatenate([a[np.isfinite(a)], b[np.isfinite(b)]])
         lo, hi = (both.min(), both.max()) if both.size else (0.0, 1.0)
         span = float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 0.0
         span = span if span > 0 and math.isfinite(span) else 1.0
         for ax, grid, title in ((row_axes[0], a, names[0]), (row_axes[1], b, names[1])):
             im = _draw(ax, grid, ks, ps, "viridis", lo, hi)
-            ax.set_title(f"{metrics[m]}: {title}", fontsize=8)
+            ax.set_title(f"{metrics[m]}{where}: {title}", fontsize=8)
         fig.colorbar(im, ax=list(row_axes[:2]), fraction=0.04)
         im = _draw(row_axes[2], d, ks, ps, "RdBu_r", -span, span, flags)
-        row_axes[2].set_title(f"{names[0]} − {names[1]} (boxed *: differs)", fontsize=8)
+        row_axes[2].set_title(f"{names[0]} − {names[1]}{where} (boxed *: differs)", fontsize=8)
         fig.colorbar(im, ax=row_axes[2], fraction=0.08)
-        row_axes[0].set_ylabel("neighbours k")
+        row_axes[0].set_ylabel(axis_title(layout.rows))
     for ax in axes[-1]:
-        ax.set_xlabel("mirroring probability p")
+        ax.set_xlabel(axis_title(layout.cols) if layout.cols else "")
     save_fig(fig, path)
 
 
@@ -79,18 +83,18 @@ def _band(ax, series: list[np.ndarray], band: str, colour: str, label: str) -> N
     ax.plot(t, mean, lw=1.4, color=colour, label=f"{label} ({len(series)} runs)")
 
 
-def overlaid_curves(path: Path, keys: list[tuple], A: dict, B: dict, which: str, band: str,
-                    names: tuple[str, str], differs: set) -> None:
+def overlaid_curves(path: Path, keys: list, A: dict, B: dict, which: str, band: str,
+                    names: tuple[str, str], differs: set, layout: Layout) -> None:
     """S(t) or E(t) per common cell: each set's mean and band, in its own colour; the titles of the
     cells in differs say so."""
-    fig, axes, where = panel_grid(keys)
+    fig, axes, where = panel_grid(keys, layout)
     for key in keys:
         ax = where[key]
         for groups, colour, name in ((A, SIDE_COLOURS[0], names[0]), (B, SIDE_COLOURS[1], names[1])):
             series = [S if which == "S" else E for _, _, S, E, _ in iter_runs(groups[key])]
             if series:
                 _band(ax, series, band, colour, name)
-        ax.set_title(kp_label(*key) + (": differs" if key in differs else ""), fontsize=8,
+        ax.set_title(key.label() + (": differs" if key in differs else ""), fontsize=8,
                      fontweight="bold" if key in differs else "normal")
         ax.legend(fontsize=6)
     for ax in axes[-1]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import kp_label, panel_grid
+from .dims import fmt_value
+from .figures import panel_grid
 from .plots import save_fig
 
 DRIFT = "drift.csv"
@@ -46,7 +47,7 @@ def read_drift(path: Path, k, p, replicas: set[int]) -> dict[str, np.ndarray]:
 
 
 def drift_for_groups(groups: dict) -> dict[tuple, dict[str, np.ndarray]]:
-    """(k, p) -> {measure: [runs, T, n]} for every group with agents=lora runs."""
+    """CellKey -> {measure: [runs, T, n]} for every group with agents=lora runs."""
     found = {}
     for key, cells in groups.items():
         parts: dict[str, list] = {m: [] for m in MEASURES}
@@ -74,23 +75,27 @@ def drift_stats(d: dict[str, np.ndarray]) -> dict:
             "final_answer_distance": float(d["answer_distance"][:, -1].mean()), "distance_correlation": corr}
 
 
-def drift_markdown(stats: dict) -> list[str]:
+def drift_markdown(stats: dict, names: tuple[str, ...]) -> list[str]:
+    """The drift table of phase.md: stats CellKey -> drift_stats, a column per swept key (names)."""
     lines = ["", "## Weight drift (agents=lora)", "",
              "Update norm: ||B'A' - BA|| of an agent's adapter in one step. Distances: an agent's mean cosine "
              "distance to the others of its population, of the flattened adapters B·A and of the answers' "
              "embeddings. r: their correlation over agents and steps.", "",
-             "| k | p | runs | final update norm | mean update norm | final adapter distance | final answer distance | r |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (k, p), st in stats.items():
-        lines.append(f"| {k} | {p:g} | {st['runs']} | {st['final_update_norm']:.4g} | {st['mean_update_norm']:.4g} | "
+             "| " + " | ".join(names) + " | runs | final update norm | mean update norm | final adapter distance "
+             "| final answer distance | r |",
+             "|---" * (len(names) + 6) + "|"]
+    for key, st in stats.items():
+        values = " | ".join(fmt_value(key[n]) for n in names)
+        lines.append(f"| {values} | {st['runs']} | {st['final_update_norm']:.4g} | {st['mean_update_norm']:.4g} | "
                      f"{st['final_adapter_distance']:.4f} | {st['final_answer_distance']:.4f} | "
                      f"{st['distance_correlation']:.3f} |")
     return lines
 
 
-def drift_figure(path: Path, found: dict) -> None:
-    """Per cell: mean adapter and answer distance over t (left axis), mean update norm (right axis)."""
-    fig, axes, where = panel_grid(list(found))
+def drift_figure(path: Path, found: dict, layout) -> None:
+    """Per cell: mean adapter and answer distance over t (left axis), mean update norm (right axis);
+    panels laid out by layout (dims.Layout)."""
+    fig, axes, where = panel_grid(list(found), layout)
     for key, d in found.items():
         ax = where[key]
         t = np.arange(d["update_norm"].shape[1])
@@ -100,7 +105,7 @@ def drift_figure(path: Path, found: dict) -> None:
         twin = ax.twinx()
         twin.plot(t, d["update_norm"].mean((0, 2)), color="grey", ls="--", lw=1, label="update norm")
         twin.tick_params(labelsize=6)
-        ax.set_title(f"{kp_label(*key)} ({d['update_norm'].shape[0]} runs)", fontsize=8)
+        ax.set_title(f"{key.label()} ({d['update_norm'].shape[0]} runs)", fontsize=8)
         if key == next(iter(found)):
             lines = ax.get_lines() + twin.get_lines()
             ax.legend(lines, [ln.get_label() + (" (right)" if ln in twin.get_lines() else "") for ln in lines],

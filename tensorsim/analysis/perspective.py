@@ -13,7 +13,6 @@ import numpy as np
 
 from ..errors import UserError
 from ..outputs import parquet_batches, table_path
-from .figures import kp_label
 from .plots import plt, save_fig, silo_colours
 from .runs import read_agent_labels
 
@@ -165,13 +164,13 @@ def default_embedder_cfg() -> dict:
 
 
 def perspective_for_groups(groups: dict, spec: str, device: str, max_agents: int, notes: list[str]) -> list:
-    """Per (k, p) group: its first run with a transcript, embedded at the chosen steps -> figure rows
+    """Per cell (CellKey) group: its first run with a transcript, embedded at the chosen steps -> figure rows
     (title, t -> [n, d] embeddings, t -> [n] labels, label names); what is skipped goes to notes."""
     rows, embedders = [], {}
     for key, cells in groups.items():
         cell = next((c for c in cells if table_path(c.dir, "transcript") and c.replicas), None)
         if cell is None:
-            notes.append(f"perspective: {kp_label(*key)} has no transcript (GMM agents or "
+            notes.append(f"perspective: {key.label()} has no transcript (GMM agents or "
                          f"output.transcript=false): skipped")
             continue
         r = cell.replicas[0]["replica"]
@@ -189,7 +188,7 @@ def perspective_for_groups(groups: dict, spec: str, device: str, max_agents: int
         agents = list(range(n))
         if n > max_agents:
             agents = sorted(np.random.default_rng(0).choice(n, max_agents, replace=False).tolist())
-            notes.append(f"perspective: {kp_label(*key)}: {max_agents} of {n} agents shown (--mds-max-agents)")
+            notes.append(f"perspective: {key.label()}: {max_agents} of {n} agents shown (--mds-max-agents)")
         cfg = (cell.summary.get("config") or {}).get("embedder") or default_embedder_cfg()
         ck = json.dumps(cfg, sort_keys=True)
         if ck not in embedders:
@@ -203,7 +202,7 @@ def perspective_for_groups(groups: dict, spec: str, device: str, max_agents: int
         else:
             labels = {t: np.full(len(agents), -1) for t in steps}
             names = []
-        rows.append((f"{kp_label(*key)} run {r}", emb, labels, names))
+        rows.append((f"{key.label()} run {r}", emb, labels, names))
     return rows
 
 

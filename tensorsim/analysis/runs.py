@@ -1,5 +1,6 @@
 """Run sets on disk: find the complete runs under a directory (a run, a packed grid, a multirun), read
-their metrics and agent labels, and pool replicas of the same (k, p) into per-cell statistics."""
+their metrics and agent labels, and pool replicas of the same cell (the same values of every swept key:
+k, p, noise, graph, ...) into per-cell statistics."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +14,7 @@ import numpy as np
 from ..core.patterns import PATTERNS, last_change_step
 from ..errors import UserError
 from ..outputs import SUMMARY, parquet_batches, table_path
+from .dims import BASE_KEYS, CellKey, norm_value, ordered_keys, sort_keys
 
 RUN_MARKERS = ("metrics.csv", "metrics.csv.partial", "agents.csv.partial", "transcript.jsonl.partial", "metrics.parquet",
                "metrics.parquet.partial", "agents.parquet.partial", "transcript.parquet.partial", ".hydra")
@@ -34,10 +36,24 @@ class Cell:
 
     @property
     def p(self):
-        """p, or where a grid also swept trial.noise, p and noise as one label ("0.5 noise0.1"): until the
-        report draws any two dimensions, noise levels stay apart as columns of the p axis."""
-        p, noise = self.summary.get("p"), self.summary.get("noise")
-        return p if noise is None else f"{fmt_value(p)} noise{fmt_value(noise)}"
+        return self.summary.get("p")
+
+    @property
+    def swept(self) -> tuple[str, ...]:
+        """The keys this cell's run was swept over: the summary's cell_keys, else (runs written before
+        summaries named them) k, p and noise where the summary has it."""
+        keys = self.summary.get("cell_keys")
+        if isinstance(keys, list) and keys and all(isinstance(n, str) for n in keys):
+            return tuple(keys)
+        return BASE_KEYS + (("noise",) if "noise" in self.summary else ())
+
+    def value(self, name: str):
+        """This cell's value of a swept key: its summary's, else (a run that did not sweep it) its config's
+        trial.<name> when that is one number or label, else None."""
+        if name in self.summary:
+            return self.summary[name]
+        v = ((self.summary.get("config") or {}).get("trial") or {}).get(name)
+        return v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else None
 
     @property
     def replicas(self) -> list[dict]:
@@ -199,29 +215,23 @@ def find_cells(root: Path, notes: list[str], depth: int = 0) -> list[Cell]:
 
 # -------------------------------------------------------------------------------------- statistics
 
-def fmt_value(v) -> str:
-    """A k or p value as axes and labels show it: 5, 0.5, a schedule's label, ? when missing."""
-    if v is None:
-        return "?"
-    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+def swept_keys(cells: list[Cell]) -> tuple[str, ...]:
+    """Every key any of the cells was swept over: k, p first, then the others as first seen."""
+    return ordered_keys(c.swept for c in cells)
 
 
-def value_order(v) -> tuple:
-    """Sort key of one k or p value: missing first, then numbers, then schedule labels (linear25-1, ...)."""
-    if v is None:
-        return (0, 0.0, "")
-    return (1, float(v), "") if isinstance(v, (int, float)) else (2, 0.0, str(v))
+def cell_key(cell: Cell, names: tuple[str, ...]) -> CellKey:
+    return CellKey(tuple((n, norm_value(cell.value(n))) for n in names))
 
 
-def _key(k, p) -> tuple:
-    return value_order(k) + value_order(p)
-
-
-def group_cells(cells: list[Cell]) -> dict[tuple, list[Cell]]:
-    groups: dict[tuple, list[Cell]] = {}
+def group_cells(cells: list[Cell], names: tuple[str, ...] | None = None) -> dict[CellKey, list[Cell]]:
+    """Cells pooled by their values of every swept key (names: those keys, default swept_keys(cells)),
+    in table order (dims.sort_keys)."""
+    names = names or swept_keys(cells)
+    groups: dict[CellKey, list[Cell]] = {}
     for c in cells:
-        groups.setdefault((c.k, c.p), []).append(c)
-    return dict(sorted(groups.items(), key=lambda kv: _key(*kv[0])))
+        groups.setdefault(cell_key(c, names), []).append(c)
+    return {key: groups[key] for key in sort_keys(list(groups))}
 
 
 def iter_runs(cells: list[Cell]):
@@ -269,9 +279,13 @@ def cell_stats(cells: list[Cell], window: int) -> dict:
     return stats
 
 
-PHASE_COLUMNS = ["k", "p", "runs", "final_silos_mean", "final_silos_sd", "share_single", "share_stable",
-                 "share_unstable", "share_decaying", "median_last_change_step", "mean_stability_window",
-                 "mean_final_entropy"]
+PHASE_STATS = ["runs", "final_silos_mean", "final_silos_sd", "share_single", "share_stable", "share_unstable",
+               "share_decaying", "median_last_change_step", "mean_stability_window", "mean_final_entropy"]
+
+
+def phase_columns(names: tuple[str, ...]) -> list[str]:
+    """phase.csv's header: one column per swept key (k, p first), then PHASE_STATS."""
+    return list(names) + PHASE_STATS
 
 
 def rank_sizes(labels: np.ndarray) -> np.ndarray:

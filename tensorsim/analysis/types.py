@@ -15,8 +15,12 @@ import numpy as np
 from ..outputs import parquet_batches, table_path
 from .runs import read_agent_labels
 
-TYPE_COLUMNS = ["k", "p", "type", "runs", "agents", "final_silos", "final_entropy", "mean_stability_window",
-                "share_in_largest_silo"]
+TYPE_STATS = ["runs", "agents", "final_silos", "final_entropy", "mean_stability_window", "share_in_largest_silo"]
+
+
+def type_columns(names: tuple[str, ...]) -> list[str]:
+    """types.csv's header: one column per swept key, then the type and TYPE_STATS."""
+    return list(names) + ["type"] + TYPE_STATS
 
 
 def read_agent_types(path: Path) -> dict[int, dict[int, str]]:
@@ -67,9 +71,10 @@ def type_run_values(labels: np.ndarray, members: np.ndarray, window: int) -> dic
 
 
 def type_stats(groups: dict, window: int) -> list[dict]:
-    """Per (k, p) cell and type, the mean over runs of type_run_values; [] when no run has two types."""
+    """Per cell (CellKey) and type, the mean over runs of type_run_values, with the cell's swept values;
+    [] when no run has two types."""
     rows = []
-    for (k, p), cells in groups.items():
+    for key, cells in groups.items():
         per_type: dict[str, list[dict]] = {}
         for c in cells:
             path = table_path(c.dir, "agents")
@@ -86,6 +91,6 @@ def type_stats(groups: dict, window: int) -> list[dict]:
         if set(per_type) <= {"all"}:
             continue
         for name, runs in per_type.items():
-            rows.append({"k": k, "p": p, "type": name, "runs": len(runs),
-                         **{key: float(np.mean([r[key] for r in runs])) for key in TYPE_COLUMNS[4:]}})
+            rows.append({**dict(key.items), "type": name, "runs": len(runs),
+                         **{m: float(np.mean([r[m] for r in runs])) for m in TYPE_STATS[1:]}})
     return rows
