@@ -34,10 +34,18 @@ RUNS = {  # name -> overrides (run with checkpoint.every set so that checkpoints
     "gmm_paper_T1000": ["agents=gmm", "trial=paper", "trial.steps=1000", "checkpoint.every=100"],
     "gmm_n10000_T1000": ["agents=gmm", "trial=paper", "trial.n=10000", "trial.k=10", "trial.steps=1000",
                          "agents.components=30", "checkpoint.every=100"],
+    # where the n=10,000 run's memory goes: without plots, and without the agents table too
+    "gmm_n10000_T1000_no_plots": ["agents=gmm", "trial=paper", "trial.n=10000", "trial.k=10", "trial.steps=1000",
+                                  "agents.components=30", "checkpoint.every=100", "output.plots=false"],
+    "gmm_n10000_T1000_no_tables": ["agents=gmm", "trial=paper", "trial.n=10000", "trial.k=10", "trial.steps=1000",
+                                   "agents.components=30", "checkpoint.every=100", "output.plots=false",
+                                   "output.agents=false"],
     "llm_n8_T300": ["trial=smoke", "trial.n=8", "trial.steps=300", "trial.window=20", "checkpoint.every=25"],
 }
 QUICK = {"gmm_paper_T1000": ["trial.steps=50", "checkpoint.every=10"],
          "gmm_n10000_T1000": ["trial.steps=20", "checkpoint.every=10"],
+         "gmm_n10000_T1000_no_plots": ["trial.steps=20", "checkpoint.every=10"],
+         "gmm_n10000_T1000_no_tables": ["trial.steps=20", "checkpoint.every=10"],
          "llm_n8_T300": ["trial.steps=12", "trial.window=3", "checkpoint.every=4"]}
 
 
@@ -92,7 +100,8 @@ def run(name: str, overrides: list[str], tmp: Path, limit_s: float | None = None
         sys.exit(f"{name} failed: {stderr.strip().splitlines()[-3:]}")
     files = dir_bytes(run_dir)
     estimate = [x for x in stdout.splitlines() if x.startswith("[tensorsim] expected output size")]
-    return {"overrides": overrides, "stopped_at_limit": stopped, "wall_s": round(wall, 1), "peak_rss_mb": peak_rss_mb(usage),
+    return {"overrides": overrides, "stopped_at_limit": stopped, "wall_s": round(wall, 1),
+            "peak_rss_mb": peak_rss_mb(usage),
             "outputs_bytes": sum(files.values()), "files": files, "checkpoints": seen,
             "estimate_line": estimate[0] if estimate else None}
 
