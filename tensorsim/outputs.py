@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import errno
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -448,6 +449,69 @@ def make_cell_writers(run_dir: Path, pops: Populations, names: list[str], transc
         writers.append(cls(directory, members, replicas, names, tuple(values) if grid else None, transcript, agents,
                            offsets[c] if offsets else None, pops.cell_keys, agent_types(pops, members)))
     return writers
+
+
+def csv_row_bytes(values: list) -> int:
+    """UTF-8 bytes of one CSV row holding these values, as csv.writer writes it."""
+    buf = io.StringIO()
+    csv.writer(buf).writerow(values)
+    return len(buf.getvalue().encode("utf-8"))
+
+
+def transcript_row_bytes(text_bytes: float, replica: int, t: int, agent: int) -> float:
+    """Bytes of one transcript.jsonl row whose context and response take text_bytes (JSON-escaped UTF-8)."""
+    frame = json.dumps({"replica": replica, "t": t, "agent": agent, "context": "", "response": ""}) + "\n"
+    return len(frame) + text_bytes
+
+
+def table_bytes_estimate(pops: Populations, names: list[str], n: int, steps: int, t_end: int,
+                         text_bytes: float | None, agents: bool) -> dict[str, int]:
+    """Expected bytes of the agents and transcript tables for `steps` more steps (up to step t_end) of B
+    populations of n agents, every row sized with the widest replica, t and agent numbers; text_bytes:
+    a transcript row's context + response (None: no transcript). -> {"agents": bytes, "transcript": bytes}"""
+    rows = pops.B * n * steps
+    out = {}
+    if agents:
+        widest = [int(pops.replica.max()), t_end - 1, n - 1, len(names) - 1, max(names + ["unlabeled"], key=len),
+                  n - 1, 0, max(list(pops.type_names or []) + ["all"], key=len), 0]
+        grid = list(pops.cells[0]) if len(pops.cells) > 1 else []
+        out["agents"] = rows * csv_row_bytes(widest + grid)
+    if text_bytes is not None:
+        out["transcript"] = round(rows * transcript_row_bytes(text_bytes, int(pops.replica.max()), t_end - 1, n - 1))
+    return out
+
+
+def check_room_for_tables(run_dir: Path, estimate: dict[str, int], rows: int, fmt: str, free: int) -> str:
+    """-> the line that announces the tables' expected size; UserError when CSV/JSON Lines tables would not
+    fit the `free` bytes of the output disk (Parquet compresses them: the estimate is then an upper bound)."""
+    from .errors import UserError
+
+    total = sum(estimate.values())
+    sizes = ", ".join(f"{name + EXTENSIONS['csv'][name]} ~{human_bytes(size)}" for name, size in estimate.items())
+    kind = "uncompressed: Parquet writes less" if fmt == "parquet" else "as CSV/JSON Lines"
+    line = (f"[tensorsim] expected output size (an estimate, {kind}): {sizes} for {rows:,} agent rows; "
+            f"{human_bytes(free)} free in {run_dir}")
+    if fmt != "parquet" and total > free:
+        raise UserError(f"the tables of this run would take about {human_bytes(total)} ({sizes}, an estimate) but "
+                        f"{run_dir} has {human_bytes(free)} free: set output.transcript=false or "
+                        f"output.format=parquet (or output.agents=false), or free space")
+    return line
+
+
+def human_bytes(size: float) -> str:
+    """512 B, 12.3 kB, 4.6 MB, 7.9 GB (powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:,.1f} {unit}"
+    return f"{size:.0f} B"
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the disk that holds path (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def refuse_completed(run_dir: Path, overwrite: bool) -> None:

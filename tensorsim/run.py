@@ -19,8 +19,8 @@ from .core.patterns import PatternRules, last_change_step, run_pattern, silo_pat
 from .core.populations import trial_populations
 from .lm.models import resolve_device, resolve_dtype
 from .errors import DiskFullError, Preempted, UserError
-from .outputs import (SUMMARY, is_disk_full, make_cell_writers, refuse_completed, resolve_format, write_csv_atomic,
-                      write_json_atomic)
+from .outputs import (SUMMARY, check_room_for_tables, free_bytes, is_disk_full, make_cell_writers, refuse_completed,
+                      resolve_format, table_bytes_estimate, write_csv_atomic, write_json_atomic)
 from .preempt import StopRequests
 
 
@@ -96,6 +96,11 @@ def _simulate(cfg, run_dir: Path, hydra_subdir: str | None, overrides: list[str]
     dtype = resolve_dtype(cfg.dtype, device)
     pops = trial_populations(cfg.trial, cfg.seed)
     kind = kind_module(cfg.agents.kind)
+    transcript = bool(cfg.output.transcript) and kind.WRITES_TEXT
+    fmt = resolve_format(cfg.output.get("format", "csv"), pops.B * cfg.trial.n * cfg.trial.steps
+                         if cfg.output.agents else 0)
+    if kind.WRITES_TEXT and (transcript or cfg.output.agents):  # before the models load
+        print(announce_table_sizes(cfg, kind, pops, run_dir, transcript, fmt, ckpt["t"] if ckpt else 0))
     agents, names, used = kind.build(cfg, pops.to(device), device, dtype)
     L = len(names)
     n, T, B = cfg.trial.n, cfg.trial.steps, pops.B
@@ -118,8 +123,6 @@ def _simulate(cfg, run_dir: Path, hydra_subdir: str | None, overrides: list[str]
         protocol = ckpt.get("protocol", {})
         agents.load_state_dict(ckpt["agents"])
         print(f"[tensorsim] resuming {run_dir} at step {t0} of {T}")
-    transcript = bool(cfg.output.transcript) and kind.WRITES_TEXT
-    fmt = resolve_format(cfg.output.get("format", "csv"), B * n * T if cfg.output.agents else 0)
     writers = make_cell_writers(run_dir, pops, names, transcript, bool(cfg.output.agents),
                                 ckpt["offsets"] if ckpt else None, fmt)
     config_container = ckpt["config"] if ckpt else OmegaConf.to_container(cfg, resolve=True)
@@ -195,6 +198,16 @@ def _simulate(cfg, run_dir: Path, hydra_subdir: str | None, overrides: list[str]
                 else "no checkpoint yet: run it again, without resume=true, once space is freed")
         raise DiskFullError(f"no space left on the device ({e.strerror or e}) {phase[0]}; {kept}",
                             resumable=saved["t"] is not None) from None
+
+
+def announce_table_sizes(cfg, kind, pops, run_dir: Path, transcript: bool, fmt: str, t0: int) -> str:
+    """The line that states how large the agents and transcript tables of the steps t0..T-1 will get (an
+    estimate from the knowledge base's answer lengths); UserError when they would not fit on the disk."""
+    n, T = int(cfg.trial.n), int(cfg.trial.steps)
+    text_bytes, names = kind.transcript_estimate(cfg)
+    estimate = table_bytes_estimate(pops, names, n, T - t0, T, text_bytes if transcript else None,
+                                    bool(cfg.output.agents))
+    return check_room_for_tables(run_dir, estimate, pops.B * n * (T - t0), fmt, free_bytes(run_dir))
 
 
 def check_resumable(ckpt: dict, built_state: dict, shape: tuple[int, int], steps: int) -> None:

@@ -4,7 +4,9 @@ State (B populations of n agents, m knowledge-base entries each):
   entry_ref  [B, n, m] int64  index into `texts` of every entry's current answer
   scores     [B, n, m] float  retrieval score of every entry (dot product with the query)
   slots      [B, n, r] int64  each agent's retrieved entries, best first
-  texts      list[str]        table of every answer text seen (KB answers, then each step's responses)
+  texts      list[str]        table of answer texts: the KB's n*m answers, then the responses entry_ref
+                              may still hold (each step appends its B*n responses; compact_refs drops the
+                              ones no entry holds any longer, so len(texts) <= n*m + 2*B*n*m after a step)
 The share/mirror update writes one index per agent into entry_ref: no strings move on the hot path.
 This bookkeeping lives on the CPU whatever `device` is: it is small, it is read with .tolist() to build
 the contexts, and checkpoints load anywhere. The models, embeddings and neighbour graph live on
@@ -12,6 +14,7 @@ the contexts, and checkpoints load anywhere. The models, embeddings and neighbou
 """
 from __future__ import annotations
 
+import json
 import string
 
 import torch
@@ -32,6 +35,7 @@ from ..lm.protocol import LABEL_RULES, AnswerChecker, AnswerRules, generate_answ
 WRITES_TEXT = True
 RETRIEVAL_KEYS = ("question", "entry")
 ENGINES = ("auto", "fast", "hf")
+CHARS_PER_TOKEN = 4  # a generous mean for English BPE tokens: caps the size estimate of an answer
 
 
 def uses_graph(cfg) -> bool:
@@ -74,6 +78,30 @@ def validate(cfg) -> None:
     r = cfg.retrieval
     need(is_int(r.top_r) and r.top_r >= 1, "retrieval.top_r", r.top_r, "an integer >= 1")
     need(r.key in RETRIEVAL_KEYS, "retrieval.key", r.key, f"one of {', '.join(RETRIEVAL_KEYS)}")
+
+
+def transcript_estimate(cfg) -> tuple[float, list[str]]:
+    """Before the models load: (expected bytes of one transcript row's context + response, JSON-escaped,
+    the knowledge base's labels). An answer is taken as long as the KB's mean answer (without
+    generation.stop_at_sentence_end: as long as max_new_tokens allow), at most max_new_tokens *
+    CHARS_PER_TOKEN characters after the answer prefix; a context joins retrieval.top_r of them."""
+    kb = load_kb(cfg.kb)
+    answers = [a for row in kb.answers for a in row]
+    mean_answer = sum(len(json.dumps(a, ensure_ascii=False).encode("utf-8")) - 2 for a in answers) / len(answers)
+    g = cfg.generation
+    longest = int(g.max_new_tokens) * CHARS_PER_TOKEN + len(cfg.prompt.answer_prefix or "")
+    answer = min(mean_answer, longest) if g.get("stop_at_sentence_end", True) else longest
+    top_r = int(cfg.retrieval.top_r)
+    return answer + top_r * answer + 2 * (top_r - 1), list(kb.labels)  # "\n" between entries: 2 bytes escaped
+
+
+def compact_refs(entry_ref: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Renumber a text table's references so that only referenced texts remain. entry_ref: [...] int64
+    indices into a table whose first `keep` texts always stay. -> (entry_ref renumbered [...], kept [K]:
+    the old indices >= keep still referenced, ascending; new table = table[:keep] + table[kept])."""
+    kept = torch.unique(entry_ref[entry_ref >= keep])  # sorted
+    renumbered = keep + torch.searchsorted(kept, entry_ref)
+    return torch.where(entry_ref < keep, entry_ref, renumbered), kept
 
 
 def build(cfg, pops: Populations, device, dtype, agents_class=None):
@@ -201,10 +229,23 @@ class LLMAgents:
         source = interact.context_sources(mirrored.to(partner.device), partner).cpu()  # [B, n]
         garbled = interact.garble_coins(pops.seeds, pops.noise_of(), t, n).cpu() if pops.noisy else None
         self._update(source, responses, garbled, t)
+        self._compact_texts()
         return StepRecord(labels=labels.cpu(), partner=source, mirrored=mirrored.cpu(), garbled=garbled,
                           contexts=contexts,
                           responses=responses, new_tokens=self.generator.stats.new_tokens - tokens_before,
                           generations=self.generations, protocol=protocol)
+
+    def _compact_texts(self) -> None:
+        """Drop the responses no entry holds any longer once the table passes n*m + 2*B*n*m texts (at most
+        B*n*m are held, so a compaction frees at least half of what follows the KB: amortised O(B*n) a
+        step). The KB's n*m texts stay: trial.noise_mode=kb draws from them. Order is kept, so the
+        contexts, and every output, are the same as with the whole table."""
+        kb = self.n * self.m
+        if len(self.texts) <= kb + 2 * self.entry_ref.numel():
+            return
+        self.entry_ref, kept = compact_refs(self.entry_ref, kb)
+        texts = self.texts
+        self.texts = texts[:kb] + [texts[j] for j in kept.tolist()]
 
     def _garble(self, new_ref, slot, garbled, t):
         """trial.noise: the answer a garbled agent receives, by trial.noise_mode. drop: the slot keeps what it

@@ -27,6 +27,7 @@ from . import llm
 from .llm import LLMAgents
 
 WRITES_TEXT = True
+transcript_estimate = llm.transcript_estimate  # the same rows as LLM agents' (outputs.table_bytes_estimate)
 ADAPTERS = "adapters.safetensors"
 DRIFT = "drift.csv"
 DRIFT_COLUMNS = ("loss", "update_norm", "adapter_distance", "answer_distance")
