@@ -152,3 +152,28 @@ def test_hf_engine_runs_lora_agents_and_a_budget_too_small_for_the_adapters_is_r
     assert errors == [r.stderr.strip().splitlines()[-1]], r.stderr
     assert "generation.memory_budget_gb=1e-06 is not allowed: the 6 adapters with their gradients and Adam " \
            "moments alone take 0.33 MiB" in errors[0], r.stderr
+
+
+def test_a_lora_grid_over_noise_and_graphs_keeps_each_cells_drift_apart(tiny_models, tmp_path):
+    """drift.csv has a column per swept key, and the report pools a cell's rows by all of them."""
+    import csv
+
+    run = tmp_path / "run"
+    r = run_cli(*tiny_run(tiny_models, "trial.steps=2", "trial.window=1", "trial.noise=[0,1]",
+                          "trial.graph=[knn,complete]"), f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(open(run / "drift.csv")))
+    assert list(rows[0])[:6] == ["population", "k", "p", "noise", "graph", "replica"]
+    assert {(x["noise"], x["graph"]) for x in rows} == {("0.0", "knn"), ("0.0", "complete"), ("1.0", "knn"),
+                                                        ("1.0", "complete")}
+    rep = run_cli(run, "--out", tmp_path / "rep", module="tensorsim.report")
+    assert rep.returncode == 0, rep.stderr
+    md = (tmp_path / "rep" / "phase.md").read_text()
+    drift = md.split("## Weight drift (agents=lora)")[1]
+    for noise in ("0", "1"):
+        for graph in ("knn", "complete"):
+            want = [float(x["update_norm"]) for x in rows
+                    if float(x["noise"]) == float(noise) and x["graph"] == graph and x["t"] == "1"]
+            assert len(want) == 6
+            line = [ln for ln in drift.splitlines() if ln.startswith(f"| 2 | 0.5 | {noise} | {graph} |")]
+            assert len(line) == 1 and f"| {sum(want) / len(want):.4g} |" in line[0], (noise, graph, drift)

@@ -186,13 +186,14 @@ class LoRAAgents(LLMAgents):
         pops = self.pops
         with open(run_dir / DRIFT, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["population", "k", "p", "replica", "t", "agent", *DRIFT_COLUMNS])
+            # one column per swept key (k, p, and noise, graph where swept), values as configured (not float32)
+            w.writerow(["population", *pops.cell_keys, "replica", "t", "agent", *DRIFT_COLUMNS])
             T = drift["loss"].shape[0]
             for t in range(T):
                 for b in range(self.B):
-                    (k, p), r = pops.cells[int(pops.cell[b])], int(pops.replica[b])  # p as configured, not float32
+                    cell, r = pops.cells[int(pops.cell[b])], int(pops.replica[b])
                     for i in range(self.n):
-                        w.writerow([b, k, p, r, t, i, *(f"{float(drift[c][t, b, i]):.6g}" for c in DRIFT_COLUMNS)])
+                        w.writerow([b, *cell, r, t, i, *(f"{float(drift[c][t, b, i]):.6g}" for c in DRIFT_COLUMNS)])
         means = {c: [round(float(x), 6) for x in drift[c].mean((1, 2))] for c in DRIFT_COLUMNS}  # per step
         return {"lora": {"rank": int(a.rank), "alpha": float(a.alpha), "target_modules": list(a.target_modules),
                          "lr": float(a.lr), "train_steps": int(a.train_steps), "context": bool(a.context),

@@ -1,8 +1,9 @@
-"""Weight drift of agents=lora runs in the report: per (k, p), how far the adapters moved each step and
+"""Weight drift of agents=lora runs in the report: per cell, how far the adapters moved each step and
 how far apart they are, next to how far apart the agents' answers are (drift.csv of each run).
 
 drift.csv sits in the run directory (a packed grid's: above cells/), one row per step and agent with
-population, k, p and replica, so a cell's rows are those of its own (k, p) and replicas.
+population, the swept keys (k, p, and noise, graph where swept) and replica, so a cell's rows are those of
+its own values and replicas.
 """
 from __future__ import annotations
 
@@ -27,12 +28,23 @@ def drift_file(cell_dir: Path) -> Path | None:
     return None
 
 
-def read_drift(path: Path, k, p, replicas: set[int]) -> dict[str, np.ndarray]:
-    """Rows of (k, p) and `replicas` -> {measure: [runs, T, n]} (runs in replica order)."""
+def same_value(text: str, value) -> bool:
+    """A table's cell value (text) against a summary's (number or label): numbers compared as numbers."""
+    try:
+        return math.isclose(float(text), float(value))
+    except (TypeError, ValueError):
+        return text == str(value)
+
+
+def read_drift(path: Path, cell: dict, replicas: set[int]) -> dict[str, np.ndarray]:
+    """Rows of the cell (its value of every swept key the file has a column for) and `replicas`
+    -> {measure: [runs, T, n]} (runs in replica order)."""
     rows: dict[int, dict[tuple[int, int], dict]] = {}
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if int(row["k"]) != k or not math.isclose(float(row["p"]), p) or int(row["replica"]) not in replicas:
+        reader = csv.DictReader(f)
+        keys = [key for key in cell if key in (reader.fieldnames or ())]
+        for row in reader:
+            if int(row["replica"]) not in replicas or not all(same_value(row[key], cell[key]) for key in keys):
                 continue
             rows.setdefault(int(row["replica"]), {})[(int(row["t"]), int(row["agent"]))] = row
     out = {}
@@ -55,7 +67,7 @@ def drift_for_groups(groups: dict) -> dict[tuple, dict[str, np.ndarray]]:
             path = drift_file(c.dir)
             if path is None or c.k is None:
                 continue
-            d = read_drift(path, c.k, c.p, {rec.get("replica") for rec in c.replicas})
+            d = read_drift(path, {key: c.value(key) for key in c.swept}, {rec.get("replica") for rec in c.replicas})
             for m in MEASURES:
                 if d[m].size:
                     parts[m].append(d[m])
