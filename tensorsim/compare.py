@@ -1,4 +1,5 @@
-"""`python -m tensorsim.compare A B`: does run set A behave like run set B, cell by cell (the same values of every swept key: k, p, noise, graph)?
+"""`python -m tensorsim.compare A B`: does run set A behave like run set B, cell by cell (a cell: the same
+values of every swept key: k, p, noise, graph)?
 The command lives here; the work in tensorsim/analysis/compare.py."""
 import sys
 

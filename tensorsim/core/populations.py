@@ -39,7 +39,7 @@ class Populations:
     seeds: torch.Tensor  # [B] int64
     cell: torch.Tensor  # [B] int64, index into cells
     replica: torch.Tensor  # [B] int64
-    cells: list[tuple]  # each cell's values of cell_keys: (k, p), plus noise and graph where swept; labels for schedules
+    cells: list[tuple]  # each cell's values of cell_keys: (k, p), plus noise, graph where swept; labels: schedules
     cell_keys: tuple[str, ...] = ("k", "p")
     k_steps: torch.Tensor | None = None  # [B, T] int64 (None: k every step)
     p_steps: torch.Tensor | None = None  # [B, T] float32 (None: p every step)
