@@ -1,12 +1,12 @@
 """The report over any swept keys: cells pooled by every key a grid swept (k, p, noise, ...), phase.csv with
-a column per key, --axes choosing the two the heatmaps draw, on GMM grids run through the CLI."""
+a column per key, --axes choosing the two the heatmaps draw, on GMM grids run through the run path."""
 import csv
 import itertools
 import json
 import statistics
 
 import pytest
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 from tensorsim.analysis import compare as cmp, figures, report as rep
 from tensorsim.analysis.dims import Layout, axis_values, choose_layout, key_values
@@ -22,10 +22,15 @@ OLD_PHASE_COLUMNS = ["k", "p", "runs", "final_silos_mean", "final_silos_sd", "sh
 @pytest.fixture(scope="module")
 def grids(tmp_path_factory):
     """Two GMM grids: k x p x noise (8 cells) and a plain k x p (4 cells), 2 replicas a cell, 6 steps."""
+    from hydra import compose, initialize_config_dir
+
+    from tensorsim import run
+
     root = tmp_path_factory.mktemp("dims")
     for name, extra in (("noise", ["trial.noise=[0,0.5]"]), ("plain", [])):
-        r = run_cli(*GMM, *extra, f"hydra.run.dir={root / name}")
-        assert r.returncode == 0, r.stderr[-2000:]
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[*GMM, *extra])
+        run.simulate(cfg, root / name, hydra_subdir=None)  # the CLI's run, in-process: no interpreter start-up
     return root
 
 

@@ -19,11 +19,15 @@ OUTPUTS = ["metrics.csv", "agents.csv", "transcript.jsonl", "stability.png", "en
 RUN = ["trial=smoke", "trial.steps=5", "trial.window=3", "checkpoint.every=2"]
 
 
-def test_kill_9_then_resume_gives_identical_outputs(tmp_path):
+def test_kill_9_then_resume_gives_identical_outputs(tiny_models, tmp_path):
+    """The resume path does not depend on the model: the tiny ones (30 s less than SmolLM2)."""
+    from tiny_models import overrides
+
+    run = [*RUN, *overrides(tiny_models)]
     whole, crashed = tmp_path / "whole", tmp_path / "crashed"
-    r = run_cli(*RUN, f"hydra.run.dir={whole}")
+    r = run_cli(*run, f"hydra.run.dir={whole}")
     assert r.returncode == 0, r.stderr[-2000:]
-    proc = subprocess.Popen([sys.executable, "-m", "tensorsim", *RUN, f"hydra.run.dir={crashed}"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "tensorsim", *run, f"hydra.run.dir={crashed}"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (crashed / "checkpoint.safetensors").exists() and time.time() < deadline and proc.poll() is None:
