@@ -2,12 +2,12 @@
 mixed populations (agent types, Beta-distributed p), miscommunication noise, and their one-line errors.
 GMM agents wherever the behaviour does not depend on the agent kind (no model loads); the tiny random
 LLaMA of tests/tiny_models.py for what LLM agents do with noise and types."""
-import csv
 import math
 
 import pytest
 import torch
 from conftest import ROOT, run_cli
+from sim_helpers import drop_columns, gmm_cfg, gmm_run, rows, tiny_llm_agents
 from hydra import compose, initialize_config_dir
 
 from tensorsim import run
@@ -20,32 +20,11 @@ from tensorsim.errors import UserError
 TABLES = ("metrics.csv", "agents.csv")
 
 
-def _cfg(*overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=["agents=gmm", "trial=smoke", "output.plots=false",
-                                                        *overrides])
-
-
-def _run(tmp_path, name, *overrides):
-    """A GMM run in-process -> its directory."""
-    d = tmp_path / name
-    run.simulate(_cfg(*overrides), d, hydra_subdir=None)
-    return d
+_cfg, _run, _rows, _drop = gmm_cfg, gmm_run, rows, drop_columns
 
 
 def _bytes(d, sub=""):
     return {t: (d / sub / t).read_bytes() for t in TABLES}
-
-
-def _rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _drop(path, columns):
-    """A table's rows as lists without `columns` (what a grid cell adds to the same run alone)."""
-    rows = _rows(path)
-    return [[v for key, v in r.items() if key not in columns] for r in rows]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -344,19 +323,7 @@ def test_swap_takes_the_answer_of_the_drawn_agent():
 # ---------------------------------------------------------------------------------------------------
 # LLM agents (tiny random models: plumbing and invariants, not behaviour)
 
-def _llm(dirs, *overrides):
-    import tiny_models
-
-    from tensorsim.agents.llm import LLMAgents
-    from tensorsim.knowledge import load_kb
-    from tensorsim.lm.models import Embedder, load_llm
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["trial=smoke", *tiny_models.overrides(dirs), *overrides])
-    cpu = torch.device("cpu")
-    model, tok = load_llm(cfg.model, cpu, torch.float32)
-    pops = trial_populations(cfg.trial, cfg.seed)
-    return LLMAgents(cfg, load_kb().take(cfg.trial.n), pops, model, tok, Embedder(cfg.embedder, cpu), cpu)
+_llm = tiny_llm_agents
 
 
 def test_llm_noise_one_with_drop_freezes_every_context(tiny_models):

@@ -11,11 +11,11 @@ from collections import namedtuple
 import pytest
 import torch
 from conftest import ROOT, run_cli
+from sim_helpers import tiny_llm_agents
 from hydra import compose, initialize_config_dir
 
 from tensorsim import checkpoint
 from tensorsim.agents.llm import compact_refs
-from tensorsim.core.populations import trial_populations
 from tensorsim.errors import UserError
 from tensorsim.outputs import (check_room_for_tables, csv_row_bytes, human_bytes, table_bytes_estimate,
                               transcript_row_bytes)
@@ -39,19 +39,7 @@ def test_compact_refs_with_nothing_beyond_the_prefix():
     assert kept.numel() == 0 and torch.equal(got, ref)
 
 
-def _agents(dirs, *overrides):
-    import tiny_models
-
-    from tensorsim.agents.llm import LLMAgents
-    from tensorsim.knowledge import load_kb
-    from tensorsim.lm.models import Embedder, load_llm
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["trial=smoke", *tiny_models.overrides(dirs), *overrides])
-    cpu = torch.device("cpu")
-    model, tok = load_llm(cfg.model, cpu, torch.float32)
-    pops = trial_populations(cfg.trial, cfg.seed)
-    return LLMAgents(cfg, load_kb().take(cfg.trial.n), pops, model, tok, Embedder(cfg.embedder, cpu), cpu)
+_agents = tiny_llm_agents
 
 
 def _held_texts(agents) -> list[str]:

@@ -1,42 +1,21 @@
 """Social graphs (trial.graph, graph.mix): fixed networks restrict whom an agent takes an answer from."""
 from __future__ import annotations
 
-import csv
-
 import pytest
 import torch
 from conftest import ROOT, run_cli
-from hydra import compose, initialize_config_dir
+from sim_helpers import drop_columns, gmm_cfg, gmm_run, rows, tiny_llm_agents
 
-from tensorsim import run
 from tensorsim.config import validate
 from tensorsim.core import graph, social
-from tensorsim.core.populations import build_populations, trial_populations
+from tensorsim.core.populations import build_populations
 from tensorsim.errors import UserError
 
 TABLES = ("metrics.csv", "agents.csv")
 WS = "{ws:{k:4,p:0.2}}"
 
 
-def _cfg(*overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=["agents=gmm", "trial=smoke", "output.plots=false",
-                                                        *overrides])
-
-
-def _run(tmp_path, name, *overrides):
-    d = tmp_path / name
-    run.simulate(_cfg(*overrides), d, hydra_subdir=None)
-    return d
-
-
-def _rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _drop(path, columns):
-    return [[v for key, v in r.items() if key not in columns] for r in _rows(path)]
+_cfg, _run, _rows, _drop = gmm_cfg, gmm_run, rows, drop_columns
 
 
 def _edges(path) -> dict[int, set[tuple[int, int]]]:
@@ -132,20 +111,8 @@ def test_complete_graph_with_knn_within_equals_knn_byte_for_byte(tmp_path):
 
 
 def test_complete_graph_with_knn_within_equals_knn_for_llm_agents(tiny_models):
-    import tiny_models as tm
-
-    from tensorsim.agents.llm import LLMAgents
-    from tensorsim.knowledge import load_kb
-    from tensorsim.lm.models import Embedder, load_llm
-
     def agents(*overrides):
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=["trial=smoke", "trial.k=2", "trial.p=0.2",
-                                                           *tm.overrides(tiny_models), *overrides])
-        cpu = torch.device("cpu")
-        model, tok = load_llm(cfg.model, cpu, torch.float32)
-        return LLMAgents(cfg, load_kb().take(cfg.trial.n), trial_populations(cfg.trial, cfg.seed), model, tok,
-                         Embedder(cfg.embedder, cpu), cpu)
+        return tiny_llm_agents(tiny_models, "trial.k=2", "trial.p=0.2", *overrides)
 
     knn, complete = agents(), agents("trial.graph=complete", "graph.mix=knn_within")
     for t in range(3):
