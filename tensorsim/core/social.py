@@ -26,13 +26,13 @@ partner uniform among those, as with knn). An agent without neighbours takes its
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import interact, rng
+from .schedules import plain
 from ..errors import UserError, is_int, is_num, need
 
 KINDS = ("knn", "complete", "er", "ws", "ba", "sbm", "file")
@@ -53,15 +53,6 @@ class SocialGraphs:
 
 
 # ------------------------------------------------------------------------------------- config values
-
-def plain(value):
-    """An OmegaConf node -> plain Python (dicts, lists), for messages and labels."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if not isinstance(value, str) and hasattr(value, "__iter__"):
-        return [plain(v) for v in value]
-    return value
-
 
 def _prob(key: str, v) -> float:
     need(is_num(v) and 0 <= v <= 1, key, v, "a probability in [0, 1]")
